@@ -11,4 +11,4 @@ pub use encode::EncodeError;
 pub use message::*;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

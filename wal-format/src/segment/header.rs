@@ -73,7 +73,7 @@ impl SegmentHeader {
     /// than `HEADER_LEN` bytes are there, an error when they are not a valid
     /// version-1 header.
     pub fn decode(bytes: &[u8]) -> Result<Option<SegmentHeader>, SegmentError> {
-        if bytes.len() >= MAGIC.len() && bytes[..MAGIC.len()] != MAGIC {
+        if !MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) {
             return Err(SegmentError::BadMagic);
         }
         let Some(b) = bytes.get(..HEADER_LEN) else {
