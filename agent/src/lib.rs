@@ -1,1 +1,1 @@
-//! placeholder
+//! tidemark-agent's library: empty until the streaming agent lands.

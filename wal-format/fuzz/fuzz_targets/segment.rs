@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut pieces = bytes.chunks(usize::from(chunk).max(1));
     let mut records = Vec::new();
     let streamed = loop {
-        match decoder.next() {
+        match decoder.step() {
             Ok(Step::Record(r)) => records.push(r),
             Ok(Step::End) => break Ok(()),
             Ok(Step::NeedInput) => match pieces.next() {

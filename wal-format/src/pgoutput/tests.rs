@@ -263,7 +263,8 @@ fn stream_abort_carries_its_lsn_only_with_parallel_streaming() {
 #[test]
 fn malformed_messages_get_typed_errors() {
     let opts = DecodeOptions::v1();
-    let cases: &[(&[u8], fn(&DecodeError) -> bool)] = &[
+    type Expect = fn(&DecodeError) -> bool;
+    let cases: &[(&[u8], Expect)] = &[
         (b"", |e| *e == DecodeError::Empty),
         (b"Z", |e| matches!(e, DecodeError::UnknownType { tag: b'Z' })),
         (b"B\x00\x00", |e| matches!(e, DecodeError::Truncated { tag: b'B', .. })),

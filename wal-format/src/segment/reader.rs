@@ -22,7 +22,7 @@ pub struct Record {
     pub message: Message,
 }
 
-/// What `SegmentDecoder::next` found.
+/// What `SegmentDecoder::step` found.
 #[derive(Debug)]
 pub enum Step {
     Record(Record),
@@ -32,7 +32,7 @@ pub enum Step {
     End,
 }
 
-/// A sans-I/O segment decoder: `feed` it bytes, call `next` until it asks for
+/// A sans-I/O segment decoder: `feed` it bytes, call `step` until it asks for
 /// more. It holds at most one block's compressed bytes beyond what it is fed,
 /// one decompressed block and one partial record.
 pub struct SegmentDecoder {
@@ -89,7 +89,7 @@ impl SegmentDecoder {
         self.input_done = true;
     }
 
-    pub fn next(&mut self) -> Result<Step, SegmentError> {
+    pub fn step(&mut self) -> Result<Step, SegmentError> {
         if self.ended {
             return Ok(Step::End);
         }
@@ -269,7 +269,7 @@ impl<R: Read> SegmentReader<R> {
     /// checked out.
     pub fn next_record(&mut self) -> Result<Option<Record>, SegmentError> {
         loop {
-            match self.decoder.next()? {
+            match self.decoder.step()? {
                 Step::Record(record) => return Ok(Some(record)),
                 Step::End => return Ok(None),
                 Step::NeedInput => fill(&mut self.source, &mut self.decoder, &mut self.buf)?,
@@ -310,7 +310,7 @@ pub fn decode_segment(bytes: &[u8]) -> Result<(SegmentHeader, Vec<Record>), Segm
     decoder.finish_input();
     let mut records = Vec::new();
     loop {
-        match decoder.next()? {
+        match decoder.step()? {
             Step::Record(record) => records.push(record),
             Step::End => break,
             Step::NeedInput => return Err(SegmentError::Truncated { missing: 0 }),

@@ -94,7 +94,7 @@ fn decode_in_pieces(bytes: &[u8], chunk: usize) -> (Vec<Message>, Result<(), Seg
     let mut pieces = bytes.chunks(chunk.max(1));
     let mut out = Vec::new();
     loop {
-        match decoder.next() {
+        match decoder.step() {
             Ok(Step::Record(r)) => out.push(r.message),
             Ok(Step::End) => return (out, Ok(())),
             Ok(Step::NeedInput) => match pieces.next() {
@@ -210,7 +210,8 @@ fn write(messages: &[Message]) -> Result<FinishedSegment<Vec<u8>>, SegmentError>
 #[test]
 fn the_writer_refuses_what_a_reader_would_refuse() {
     let s = START.0;
-    let cases: Vec<(Vec<Message>, fn(&SegmentError) -> bool)> = vec![
+    type Expect = fn(&SegmentError) -> bool;
+    let cases: Vec<(Vec<Message>, Expect)> = vec![
         (vec![], |e| matches!(e, SegmentError::Empty)),
         (vec![begin(s + 10)], |e| matches!(e, SegmentError::OpenTransaction)),
         (vec![commit(s + 10, s + 20)], |e| matches!(e, SegmentError::Structure { record: 0, .. })),
