@@ -277,3 +277,23 @@ fn a_reader_reads_a_segment_from_any_read() {
         Err(SegmentError::Truncated { missing: 46 })
     ));
 }
+
+#[test]
+fn every_single_bit_flip_of_a_small_segment_is_an_error() {
+    let s = START.0;
+    let text = Column::Text(Bytes::from_static(b"hello, tidemark"));
+    let messages = [
+        relation(16400, 1),
+        begin(s + 10),
+        Message::Insert(Insert { xid: None, relation_id: 16400, new: TupleData { columns: vec![text] } }),
+        commit(s + 10, s + 20),
+    ];
+    let (bytes, _) = encode_all(&messages, 4096, RelationCache::new());
+    for bit in 0..bytes.len() * 8 {
+        let mut corrupt = bytes.to_vec();
+        corrupt[bit / 8] ^= 1 << (bit % 8);
+        let (handed_out, result) = decode_in_pieces(&corrupt, 64);
+        assert!(result.is_err(), "flipping bit {bit} of {} went unnoticed", bytes.len() * 8);
+        assert_eq!(handed_out, messages[..handed_out.len()], "bit {bit} gave wrong data");
+    }
+}
