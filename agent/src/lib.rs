@@ -1,1 +1,4 @@
-//! tidemark-agent's library: empty until the streaming agent lands.
+//! tidemark-agent's library: the pieces the `tidemark-agent` daemon and the
+//! `tidemark` command share. The binaries are thin clap layers over it.
+
+pub mod store;
