@@ -1,0 +1,3 @@
+//! The source database: how to reach it (libpq connection parameters).
+
+pub mod conninfo;
