@@ -2,5 +2,6 @@
 //! `tidemark` command share. The binaries are thin clap layers over it.
 
 pub mod config;
+pub mod replication;
 pub mod source;
 pub mod store;

@@ -122,6 +122,19 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Replaces `pg_hba.conf` with `lines` and reloads the configuration.
+    pub fn set_hba(&self, lines: &[&str]) -> Result<()> {
+        let mut text =
+            String::from("# tidemark test harness\nlocal all postgres trust\nlocal replication postgres trust\n");
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(self.data_dir().join("pg_hba.conf"), text)?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// The server's log so far (its last lines).
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("server.log"))
