@@ -5,6 +5,7 @@
 //! to the test thread that started them (`PR_SET_PDEATHSIG`), so a killed
 //! test run leaves no server behind.
 
+pub mod agent;
 mod garage;
 mod postgres;
 mod process;

@@ -1,0 +1,93 @@
+//! Running tidemark's own binaries from tests: found next to the test
+//! executable (`cargo test --workspace` builds them), started with their
+//! output captured, stopped with SIGTERM or killed with SIGKILL.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{HarnessError, Result};
+
+/// The path of one of the workspace's binaries, built by cargo beside the
+/// test executable.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(name)).unwrap_or_default();
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::Missing {
+            program: name.to_owned(),
+            hint: "build the workspace's binaries first: cargo test --workspace --all-targets (or cargo build --workspace)",
+        })
+    }
+}
+
+/// A running tidemark binary whose standard error goes to a file.
+pub struct Process {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Process {
+    pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> Result<Self> {
+        let log = tempfile::NamedTempFile::new()?;
+        let mut cmd = Command::new(binary(name)?);
+        cmd.args(args).stdin(Stdio::null()).stdout(log.reopen()?).stderr(log.reopen()?);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().map_err(|source| HarnessError::Spawn { program: name.to_owned(), source })?;
+        Ok(Process { child, log })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// `Some(status)` once it exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits up to `timeout` for it to exit by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGTERM, then waits up to `timeout` for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        self.wait_timeout(timeout)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.kill();
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! tidemark-agent against a real PostgreSQL 15, archiving to a directory:
+//! the archive holds exactly the committed transactions, in commit order,
+//! compared with an independent reference slot on the same source; the
+//! excluded table's rows never reach it; SIGTERM leaves everything durable.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidemark_tests::agent::Process;
+use tidemark_tests::PgCluster;
+use wal_format::pgoutput::{decode_message, DecodeOptions, Message};
+use wal_format::segment::decode_segment;
+use wal_format::{Lsn, SegmentKey};
+
+const MARKER: &str = "TIDEMARK-SECRET-MARKER-8c1f";
+
+/// Every transaction in the archive, in key order, as its messages'
+/// bytes without Relation and Type messages (which a segment repeats).
+fn archived_transactions(dir: &Path) -> Vec<Vec<Bytes>> {
+    let mut keys: Vec<_> = std::fs::read_dir(dir.join("segments"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| format!("segments/{}", e.file_name().to_string_lossy())).collect())
+        .unwrap_or_default();
+    keys.retain(|k: &String| !k.contains(".tmp-"));
+    keys.sort();
+    let mut previous_end = None;
+    let mut out = Vec::new();
+    for key in keys {
+        let range = SegmentKey::parse(&key).unwrap();
+        if let Some(end) = previous_end {
+            assert_eq!(range.start, end, "the segment chain has a gap or overlap before {key}");
+        }
+        previous_end = Some(range.end);
+        let (header, records) = decode_segment(&std::fs::read(dir.join(&key)).unwrap()).unwrap();
+        assert_eq!((header.start_lsn, header.end_lsn), (range.start, range.end));
+        out.extend(transactions(records.into_iter().map(|r| r.raw)));
+    }
+    out
+}
+
+/// Groups messages into transactions, dropping Relation and Type messages.
+fn transactions(messages: impl IntoIterator<Item = Bytes>) -> Vec<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    for raw in messages {
+        let m = decode_message(raw.clone(), &DecodeOptions::v1(), false).unwrap();
+        match m {
+            Message::Relation(_) | Message::Type(_) => continue,
+            Message::Message(ref lm) if !lm.is_transactional() => continue,
+            _ => {}
+        }
+        current.push(raw);
+        if matches!(m, Message::Commit(_)) {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    out
+}
+
+fn commit_end(txn: &[Bytes]) -> Lsn {
+    match decode_message(txn.last().unwrap().clone(), &DecodeOptions::v1(), false).unwrap() {
+        Message::Commit(c) => c.end_lsn,
+        other => panic!("not a commit: {other:?}"),
+    }
+}
+
+/// The reference: what a second pgoutput slot on the same publication saw,
+/// minus the changes of the excluded table.
+fn reference_transactions(pg: &PgCluster, excluded_oid: u32) -> Vec<Vec<Bytes>> {
+    let hex = pg
+        .psql("app", "SELECT encode(data, 'hex') FROM pg_logical_slot_peek_binary_changes('reference', NULL, NULL, 'proto_version', '1', 'publication_names', 'tidemark', 'messages', 'true')")
+        .unwrap();
+    let messages = hex.lines().map(|h| {
+        Bytes::from(
+            (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<u8>>(),
+        )
+    });
+    let kept = messages.filter_map(|raw| match decode_message(raw.clone(), &DecodeOptions::v1(), false).unwrap() {
+        // A TRUNCATE of several tables keeps the others.
+        Message::Truncate(mut t) if t.relation_ids.contains(&excluded_oid) => {
+            t.relation_ids.retain(|id| *id != excluded_oid);
+            (!t.relation_ids.is_empty()).then(|| {
+                let mut buf = bytes::BytesMut::new();
+                Message::Truncate(t).encode(&mut buf).unwrap();
+                buf.freeze()
+            })
+        }
+        m if m.relation_ids().contains(&excluded_oid) => None,
+        _ => Some(raw),
+    });
+    transactions(kept)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn agent(pg: &PgCluster, archive: &Path) -> Process {
+    Process::start(
+        "tidemark-agent",
+        &["--source", &pg.connection_string("app"), "--archive", &format!("file://{}", archive.display())],
+        &[("TIDEMARK_SEGMENT_MAX_AGE", "200ms".into()), ("TIDEMARK_LOG", "info".into())],
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
+    let pg = PgCluster::start().unwrap();
+    pg.create_database("app").unwrap();
+    pg.psql(
+        "app",
+        "CREATE TABLE with_pk (id int PRIMARY KEY, v text);
+         CREATE TABLE no_pk (a int, v text);
+         CREATE TABLE toasty (id int PRIMARY KEY, big text, n int);
+         ALTER TABLE toasty ALTER COLUMN big SET STORAGE EXTERNAL;
+         CREATE TABLE e2e_one_time_keys_json (user_id text NOT NULL, key_id text NOT NULL, key_json text, UNIQUE (user_id, key_id));
+         CREATE SEQUENCE events_stream_seq;",
+    )
+    .unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let mut agent = agent(&pg, archive.path());
+    wait_for("the agent's slot", Duration::from_secs(30), || {
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
+            == "1"
+    });
+    pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
+
+    // Concurrent writers, TOAST updates, tables without a key, TRUNCATE,
+    // a table created mid-stream, and the excluded table.
+    std::thread::scope(|s| {
+        for w in 0..4 {
+            let pg = &pg;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let id = w * 1000 + i;
+                    pg.psql("app", &format!("INSERT INTO with_pk VALUES ({id}, 'w{w}'); UPDATE with_pk SET v = v || '+' WHERE id = {id}; INSERT INTO no_pk VALUES ({id}, 'x'); SELECT nextval('events_stream_seq')")).unwrap();
+                }
+            });
+        }
+        s.spawn(|| {
+            pg.psql("app", "INSERT INTO toasty SELECT 1, string_agg(md5(i::text), ''), 0 FROM generate_series(1, 300) i").unwrap();
+            for n in 1..10 {
+                pg.psql("app", &format!("UPDATE toasty SET n = {n}")).unwrap();
+            }
+            pg.psql("app", &format!("INSERT INTO e2e_one_time_keys_json VALUES ('@a:hs', 'k1', '{MARKER}'), ('@a:hs', 'k2', '{MARKER}')")).unwrap();
+            pg.psql("app", &format!("UPDATE e2e_one_time_keys_json SET key_json = '{MARKER}-2'; DELETE FROM e2e_one_time_keys_json WHERE key_id = 'k1'")).unwrap();
+            pg.psql("app", "BEGIN; CREATE TABLE mid (a int, v text); INSERT INTO mid VALUES (1, 'a'), (2, 'b'); UPDATE mid SET v = 'c' WHERE a = 1; DELETE FROM mid WHERE a = 2; COMMIT").unwrap();
+            pg.psql("app", "UPDATE no_pk SET v = 'y' WHERE a < 10; DELETE FROM no_pk WHERE a = 1; TRUNCATE no_pk").unwrap();
+            pg.psql("app", "TRUNCATE e2e_one_time_keys_json, with_pk").unwrap();
+        });
+    });
+    let excluded_oid: u32 = pg.psql("app", "SELECT 'e2e_one_time_keys_json'::regclass::oid").unwrap().parse().unwrap();
+    let reference = reference_transactions(&pg, excluded_oid);
+    let last = commit_end(reference.last().unwrap());
+    wait_for("the archive to catch up", Duration::from_secs(60), || {
+        archived_transactions(archive.path()).last().map(|t| commit_end(t) >= last).unwrap_or(false)
+    });
+    let status = agent.terminate(Duration::from_secs(30)).expect("the agent stops on SIGTERM");
+    assert!(status.success(), "exit {status:?}; output:\n{}", agent.output());
+
+    let archived = archived_transactions(archive.path());
+    let first = commit_end(&reference[0]);
+    let comparable: Vec<_> = archived.iter().filter(|t| commit_end(t) >= first).cloned().collect();
+    assert_eq!(comparable.len(), reference.len(), "transaction count");
+    for (i, (a, r)) in comparable.iter().zip(&reference).enumerate() {
+        let show = |t: &[Bytes]| {
+            t.iter()
+                .map(|m| format!("{:?}", decode_message(m.clone(), &DecodeOptions::v1(), false).unwrap()))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        };
+        assert!(
+            a == r,
+            "transaction {i} differs from the reference (end {}):\narchive:\n  {}\nreference:\n  {}",
+            commit_end(r),
+            show(a),
+            show(r)
+        );
+    }
+    let ends: Vec<Lsn> = archived.iter().map(|t| commit_end(t)).collect();
+    assert!(ends.windows(2).all(|w| w[0] < w[1]), "commit order");
+    assert!(reference.len() > 100, "the workload ran ({} transactions)", reference.len());
+
+    // Not one byte of the excluded table's rows, raw or decompressed.
+    for entry in walk(archive.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(!contains(&bytes, MARKER.as_bytes()), "{} holds the marker", entry.display());
+        if entry.extension().is_some_and(|e| e == "seg") {
+            let (_, records) = decode_segment(&bytes).unwrap();
+            assert!(
+                records.iter().all(|r| !contains(&r.raw, MARKER.as_bytes())),
+                "a decompressed record holds the marker"
+            );
+        }
+    }
+    let confirmed =
+        pg.psql("app", "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'tidemark'").unwrap();
+    assert_eq!(
+        confirmed.parse::<Lsn>().unwrap(),
+        *ends.last().unwrap(),
+        "the slot is acknowledged exactly to the archive's end"
+    );
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
