@@ -44,12 +44,13 @@ pub fn open_store(config: &Config) -> Result<Box<dyn ObjectStore>, AgentError> {
 /// durable, acknowledges it and returns) or an error stops it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, AgentError> {
     let params = conninfo::resolve(config.source.as_deref(), &conninfo::Environment::current())?;
+    // The archive first: if it is unusable, the source is left untouched.
+    let store = open_store(&config)?;
     let client = source::sql::connect(&params, APPLICATION_NAME).await?;
     let facts = source::prepare(&client, &config).await?;
     for change in &facts.identity_changes {
         tracing::info!(table = %change.table, sql = %change.statement, "replica identity set");
     }
-    let store = open_store(&config)?;
     let mut repl = ReplicationConnection::connect(&params, APPLICATION_NAME).await?;
     let system = repl.identify_system().await?;
     archive::open_identity(

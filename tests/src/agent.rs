@@ -8,12 +8,33 @@ use std::time::{Duration, Instant};
 
 use crate::{HarnessError, Result};
 
-/// The path of one of the workspace's binaries, built by cargo beside the
-/// test executable.
+/// The package each binary belongs to.
+fn package_of(name: &str) -> &str {
+    match name {
+        "tidemark-agent" => "tidemark-agent",
+        _ => "tidemark",
+    }
+}
+
+/// The path of one of the workspace's binaries beside the test executable,
+/// brought up to date with cargo first when the tests run under cargo (a
+/// test of this package does not make cargo rebuild another's binary).
 pub fn binary(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let path = exe.parent().and_then(|deps| deps.parent()).map(|dir| dir.join(name)).unwrap_or_default();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).map(PathBuf::from).unwrap_or_default();
+    let path = profile_dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(cargo), false) = (std::env::var_os("CARGO"), built.iter().any(|b| b == name)) {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", package_of(name), "--bin", name]);
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
+        }
+        crate::process::run(&mut cmd)?;
+        built.push(name.to_owned());
+    }
     if path.is_file() {
         Ok(path)
     } else {

@@ -229,11 +229,13 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn sigkill_at_random_moments_leaves_no_gap_and_no_duplicate() {
     let pg = PgCluster::start().unwrap();
     pg.create_database("app").unwrap();
-    pg.psql("app", "CREATE TABLE events (id bigserial PRIMARY KEY, body text); CREATE TABLE no_pk (a int, b text)").unwrap();
+    pg.psql("app", "CREATE TABLE events (id bigserial PRIMARY KEY, body text); CREATE TABLE no_pk (a int, b text)")
+        .unwrap();
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
     wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap() == "1"
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
+            == "1"
     });
     pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;

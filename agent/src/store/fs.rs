@@ -38,7 +38,22 @@ impl FsStore {
                 source: io::Error::new(io::ErrorKind::InvalidInput, "the archive directory must be an absolute path"),
             });
         }
-        ensure_dir(root)?;
+        if let Some(blocker) = root.ancestors().find(|a| a.exists() && !a.is_dir()) {
+            return Err(StoreError::Io {
+                op: "create the archive directory",
+                location: root.display().to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", blocker.display()),
+                ),
+            });
+        }
+        ensure_dir(root).map_err(|e| match e {
+            StoreError::Io { source, .. } => {
+                StoreError::Io { op: "create the archive directory", location: root.display().to_string(), source }
+            }
+            other => other,
+        })?;
         Ok(FsStore { root: Arc::new(root.to_path_buf()) })
     }
 

@@ -182,6 +182,11 @@ mod tests {
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
         let err = FsStore::open(&file.join("archive")).unwrap_err();
-        assert!(matches!(err, StoreError::Io { op: "create directory", .. }), "{err:?}");
+        assert!(matches!(err, StoreError::Io { op: "create the archive directory", .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("a-file is not a directory")
+                || format!("{:?}", err).contains("is not a directory"),
+            "{err:?}"
+        );
     }
 }
