@@ -9,6 +9,7 @@ pub mod agent;
 mod garage;
 mod postgres;
 mod process;
+pub mod tls;
 
 pub use garage::Garage;
 pub use postgres::PgCluster;

@@ -122,6 +122,35 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Turns TLS on with a certificate for `localhost` signed by a throwaway
+    /// CA, and returns the CA certificate's path (for `sslrootcert`).
+    pub fn enable_tls(&self) -> Result<PathBuf> {
+        let dir = self.dir.path().join("tls");
+        std::fs::create_dir_all(&dir)?;
+        let ca = crate::tls::make_ca(&dir, "ca")?;
+        let (cert, key) = crate::tls::make_server_cert(&dir, "ca", "localhost")?;
+        if let Some((uid, gid)) = crate::process::server_user() {
+            for path in [&cert, &key] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+            }
+        }
+        for setting in [
+            format!("ssl_cert_file = '{}'", cert.display()),
+            format!("ssl_key_file = '{}'", key.display()),
+            "ssl = on".to_owned(),
+        ] {
+            self.psql("postgres", &format!("ALTER SYSTEM SET {setting}"))?;
+        }
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        let ready = crate::process::wait_until(Duration::from_secs(10), || {
+            self.psql("postgres", "SHOW ssl").map(|v| v == "on").unwrap_or(false)
+        });
+        if !ready {
+            return Err(HarnessError::NotReady { what: "TLS".into(), seconds: 10, log: self.log() });
+        }
+        Ok(ca)
+    }
+
     /// Replaces `pg_hba.conf` with `lines` and reloads the configuration.
     pub fn set_hba(&self, lines: &[&str]) -> Result<()> {
         let mut text =

@@ -4,6 +4,7 @@
 //! protocol, and `START_REPLICATION`, after which the connection becomes a
 //! `CopyBoth` stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,6 +17,7 @@ use wal_format::Lsn;
 use super::wire::split_frame;
 use super::ReplicationError;
 use crate::source::conninfo::{ConnParams, Host, SslMode};
+use crate::source::tls;
 
 /// What a connection runs over: TCP or a Unix socket (and TLS, later).
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -55,39 +57,51 @@ pub struct CreatedSlot {
 pub type Row = Vec<Option<String>>;
 
 impl ReplicationConnection {
-    /// Connects, authenticates, and waits until the server is ready.
+    /// Connects (with TLS as `sslmode` says), authenticates, and waits
+    /// until the server is ready.
     pub async fn connect(params: &ConnParams, application_name: &str) -> Result<Self, ReplicationError> {
-        let target = params.to_string();
-        if matches!(params.sslmode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull)
-            && matches!(params.host, Host::Tcp(_))
-        {
-            return Err(ReplicationError::TlsUnsupported { target, sslmode: params.sslmode });
+        let tls = tls::client_config(params)?;
+        if params.sslmode != SslMode::Allow {
+            return Self::connect_with(params, application_name, tls).await;
         }
+        // allow: without TLS first, with TLS if the server refuses that.
+        match Self::connect_with(params, application_name, None).await {
+            Err(e) if e.sqlstate() == Some("28000") && tls.is_some() => {
+                Self::connect_with(params, application_name, tls).await
+            }
+            other => other,
+        }
+    }
+
+    async fn connect_with(
+        params: &ConnParams,
+        application_name: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Self, ReplicationError> {
+        let target = params.to_string();
         let timeout = params.connect_timeout.unwrap_or(Duration::from_secs(30));
+        let timed_out = || ReplicationError::ConnectTimeout { target: target.clone(), seconds: timeout.as_secs() };
         let io: Box<dyn Transport> = match &params.host {
             Host::Tcp(host) => {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), params.port));
                 let stream = tokio::time::timeout(timeout, connect)
                     .await
-                    .map_err(|_| ReplicationError::ConnectTimeout {
-                        target: target.clone(),
-                        seconds: timeout.as_secs(),
-                    })?
+                    .map_err(|_| timed_out())?
                     .map_err(|source| ReplicationError::Connect { target: target.clone(), source })?;
                 stream
                     .set_nodelay(true)
                     .map_err(|source| ReplicationError::Connect { target: target.clone(), source })?;
-                Box::new(stream)
+                match tls {
+                    Some(config) => negotiate_tls(stream, config, host, params.sslmode, &target).await?,
+                    None => Box::new(stream),
+                }
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{}", params.port));
                 let connect = tokio::net::UnixStream::connect(path);
                 let stream = tokio::time::timeout(timeout, connect)
                     .await
-                    .map_err(|_| ReplicationError::ConnectTimeout {
-                        target: target.clone(),
-                        seconds: timeout.as_secs(),
-                    })?
+                    .map_err(|_| timed_out())?
                     .map_err(|source| ReplicationError::Connect { target: target.clone(), source })?;
                 Box::new(stream)
             }
@@ -347,6 +361,36 @@ impl ReplicationConnection {
 
     pub(super) fn into_parts(self) -> (Box<dyn Transport>, BytesMut, String) {
         (self.io, self.buf, self.target)
+    }
+}
+
+/// Asks the server for TLS (SSLRequest) and, if it agrees, does the
+/// handshake; a server that declines is acceptable only when `sslmode`
+/// allows a plain connection.
+async fn negotiate_tls(
+    mut stream: tokio::net::TcpStream,
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    sslmode: SslMode,
+    target: &str,
+) -> Result<Box<dyn Transport>, ReplicationError> {
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await.map_err(ReplicationError::Io)?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.map_err(ReplicationError::Io)?;
+    match answer[0] {
+        b'S' => {
+            let name = tls::server_name(host)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|source| ReplicationError::TlsHandshake { target: target.to_owned(), source })?;
+            Ok(Box::new(tls))
+        }
+        b'N' if sslmode.allows_plain() => Ok(Box::new(stream)),
+        b'N' => Err(ReplicationError::TlsRefused { target: target.to_owned(), sslmode: sslmode.as_str() }),
+        other => Err(ReplicationError::Protocol { reason: format!("unexpected answer {other:#04x} to SSLRequest") }),
     }
 }
 

@@ -10,8 +10,6 @@ pub mod wire;
 pub use connection::{quote_ident, quote_literal, CreatedSlot, ReplicationConnection, Row, SystemInfo};
 pub use stream::{spawn, StreamEvent, StreamHandle};
 
-use crate::source::conninfo::SslMode;
-
 /// Why the replication connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
@@ -27,8 +25,16 @@ pub enum ReplicationError {
     PasswordRequired { target: String },
     #[error("PostgreSQL asks for an authentication method tidemark does not speak: {method}")]
     UnsupportedAuth { method: String },
-    #[error("sslmode={sslmode:?} for {target}: TLS is not available in this build yet; use sslmode=prefer or disable, or a Unix socket")]
-    TlsUnsupported { target: String, sslmode: SslMode },
+    #[error(transparent)]
+    Tls(#[from] crate::source::tls::TlsError),
+    #[error("PostgreSQL at {target} does not offer TLS, and sslmode={sslmode} requires it; enable ssl on the server or lower sslmode")]
+    TlsRefused { target: String, sslmode: &'static str },
+    #[error("TLS handshake with PostgreSQL at {target} failed; check the server's certificate against sslrootcert and the host name")]
+    TlsHandshake {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("PostgreSQL: {message} (SQLSTATE {code}){}{}", detail.as_ref().map(|d| format!("; {d}")).unwrap_or_default(), hint.as_ref().map(|h| format!("; hint: {h}")).unwrap_or_default())]
     Server { code: String, message: String, detail: Option<String>, hint: Option<String> },
     #[error("PostgreSQL at {target} closed the connection")]

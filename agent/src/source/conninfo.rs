@@ -75,6 +75,9 @@ pub struct ConnParams {
     pub connect_timeout: Option<Duration>,
     /// Command-line options sent to the server (`-c name=value ...`).
     pub options: Option<String>,
+    /// The home directory, where libpq looks for `~/.postgresql/root.crt`
+    /// and the client certificate.
+    pub home: Option<PathBuf>,
 }
 
 impl fmt::Debug for ConnParams {
@@ -326,6 +329,7 @@ pub fn resolve(conninfo: Option<&str>, env: &Environment) -> Result<ConnParams, 
         application_name: get("application_name"),
         connect_timeout,
         options: get("options"),
+        home: env.home.clone(),
     };
     if params.password.is_none() {
         let passfile = get("passfile").map(PathBuf::from).or_else(|| env.home.as_ref().map(|h| h.join(".pgpass")));

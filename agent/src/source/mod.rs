@@ -6,6 +6,7 @@ pub mod conninfo;
 mod identity;
 mod setup;
 pub mod sql;
+pub mod tls;
 
 pub use identity::{IdentityChange, IdentityGuard};
 pub use setup::{emit_mark, emit_sequences, prepare, ServerFacts, SlotState};
@@ -21,8 +22,8 @@ pub enum SourceError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("TLS to {target} is not available in this build yet; use sslmode=prefer or disable, or a Unix socket")]
-    TlsUnsupported { target: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("{what} failed")]
     Sql {
         what: &'static str,
