@@ -122,6 +122,7 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
          CREATE SEQUENCE events_stream_seq;",
     )
     .unwrap();
+    pgbench(&pg, &["-i", "-q", "-s", "1"]);
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
     wait_for("the agent's slot", Duration::from_secs(30), || {
@@ -130,9 +131,10 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
     });
     pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
 
-    // Concurrent writers, TOAST updates, tables without a key, TRUNCATE,
-    // a table created mid-stream, and the excluded table.
+    // pgbench's load, concurrent writers, TOAST updates, tables without a
+    // key, TRUNCATE, a table created mid-stream, and the excluded table.
     std::thread::scope(|s| {
+        s.spawn(|| pgbench(&pg, &["-n", "-c", "4", "-j", "2", "-T", "4"]));
         for w in 0..4 {
             let pg = &pg;
             s.spawn(move || {
@@ -185,7 +187,7 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
     }
     let ends: Vec<Lsn> = archived.iter().map(|t| commit_end(t)).collect();
     assert!(ends.windows(2).all(|w| w[0] < w[1]), "commit order");
-    assert!(reference.len() > 100, "the workload ran ({} transactions)", reference.len());
+    assert!(reference.len() > 1000, "the workload and pgbench ran ({} transactions)", reference.len());
 
     // Not one byte of the excluded table's rows, raw or decompressed.
     for entry in walk(archive.path()) {
@@ -206,6 +208,16 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
         *ends.last().unwrap(),
         "the slot is acknowledged exactly to the archive's end"
     );
+}
+
+fn pgbench(pg: &PgCluster, args: &[&str]) {
+    let out = std::process::Command::new(pg.bin_dir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &pg.port().to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("app")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
