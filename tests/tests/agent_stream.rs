@@ -304,3 +304,46 @@ fn sigkill_at_random_moments_leaves_no_gap_and_no_duplicate() {
     assert!(comparable == reference, "transaction contents differ (seed {seed})");
     assert!(reference.len() > 50, "writes ran during the kills ({} transactions)", reference.len());
 }
+
+/// The agent's peak resident memory, from the kernel.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap()
+}
+
+#[test]
+fn a_one_gigabyte_transaction_passes_through_in_bounded_memory() {
+    let pg = PgCluster::start_with(&[("max_wal_size", "4GB")]).unwrap();
+    pg.create_database("app").unwrap();
+    pg.psql("app", "CREATE TABLE big (id int PRIMARY KEY, payload text)").unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let mut agent = agent(&pg, archive.path());
+    wait_for("the agent's slot", Duration::from_secs(30), || {
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap() == "1"
+    });
+    // 1,000,000 rows of 1,024 bytes each, in one transaction.
+    pg.psql("app", "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000000) g").unwrap();
+    let end: Lsn = pg.psql("app", "SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
+    let segments = || {
+        let mut keys: Vec<SegmentKey> = std::fs::read_dir(archive.path().join("segments"))
+            .map(|d| d.flatten().filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok()).collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    };
+    wait_for("the big transaction to be archived", Duration::from_secs(600), || {
+        assert!(agent.try_wait().is_none(), "the agent died: {}", agent.output());
+        segments().iter().any(|k| k.end >= end)
+    });
+    let peak = peak_rss_kib(agent.pid());
+    eprintln!("tidemark-agent peak RSS with a 1 GB transaction: {} MiB", peak / 1024);
+    assert!(agent.terminate(Duration::from_secs(60)).unwrap().success());
+    let big = segments().into_iter().find(|k| k.end >= end).unwrap();
+    let mut file = std::fs::File::open(archive.path().join(big.to_string())).unwrap();
+    let reader = wal_format::segment::SegmentReader::new(&mut file).unwrap();
+    let header = *reader.header();
+    assert!(header.raw_len > 1_000_000_000, "the segment holds over 1 GB of changes ({} bytes)", header.raw_len);
+    let inserts = reader.filter(|r| matches!(r.as_ref().unwrap().message, Message::Insert(_))).count();
+    assert_eq!(inserts, 1_000_000);
+    assert!(peak < 256 * 1024, "peak RSS {} MiB: memory is not bounded", peak / 1024);
+}
