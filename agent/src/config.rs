@@ -61,7 +61,7 @@ const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("metrics_addr", None, "an address and port such as 127.0.0.1:9187"),
     ("spill_dir", None, "an absolute directory path"),
     ("segment.max_bytes", Some("16MiB"), "a size from 64KiB to 1GiB, such as 16MiB"),
-    ("segment.max_age", Some("1s"), "a duration from 10ms to 10m, such as 500ms or 1s"),
+    ("segment.max_age", Some("900ms"), "a duration from 10ms to 10m, such as 500ms or 1s"),
     ("sequences.interval", Some("10s"), "a duration from 1s to 1h, such as 10s"),
 ];
 
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(c.archive, ArchiveUrl::File("/var/lib/tidemark".into()));
         assert_eq!(c.exclude_tables, [TableName { schema: "public".into(), name: "e2e_one_time_keys_json".into() }]);
         assert_eq!((c.slot.as_str(), c.publication.as_str()), ("tidemark", "tidemark"));
-        assert_eq!((c.segment_max_age, c.segment_max_bytes), (Duration::from_secs(1), 16 << 20));
+        assert_eq!((c.segment_max_age, c.segment_max_bytes), (Duration::from_millis(900), 16 << 20));
         assert_eq!(c.replica_identity, IdentityMode::Auto);
         assert!(matches!(layers(None, &[], &[]), Err(ConfigError::MissingArchive)));
     }

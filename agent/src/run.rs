@@ -16,11 +16,13 @@ use crate::archive::{self, TxnBuffer};
 use crate::config::{ArchiveUrl, Config, TableName};
 use crate::replication::{self, ReplicationConnection, StreamEvent};
 use crate::segments::OpenSegment;
-use crate::source::{self, conninfo, SlotState};
+use crate::source::{self, conninfo, IdentityGuard, SlotState, SourceError};
 use crate::store::{FsStore, ObjectStore};
 use crate::AgentError;
 
 const APPLICATION_NAME: &str = "tidemark-agent";
+/// How often the replica identity guard runs again while streaming.
+const IDENTITY_RECHECK: Duration = Duration::from_secs(60);
 /// A transaction's messages beyond this go to a temporary file.
 const TXN_MEMORY_LIMIT: usize = 8 << 20;
 
@@ -161,6 +163,11 @@ impl<'a> Streamer<'a> {
         tokio::pin!(shutdown);
         let mut sequences = tokio::time::interval(self.config.sequence_interval);
         sequences.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The event trigger guards tables as they are created; this catches
+        // anything it could not (an identity dropped by hand, check-only mode).
+        let mut identity = tokio::time::interval_at(tokio::time::Instant::now() + IDENTITY_RECHECK, IDENTITY_RECHECK);
+        identity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let guard = IdentityGuard::new(self.config.replica_identity, self.config.schemas.clone());
         loop {
             let deadline =
                 self.segment.as_ref().map(|s| tokio::time::Instant::from_std(s.opened + self.config.segment_max_age));
@@ -179,6 +186,15 @@ impl<'a> Streamer<'a> {
                 _ = sequences.tick() => {
                     source::emit_sequences(client, &self.config.schemas).await?;
                 }
+                _ = identity.tick() => match guard.enforce(client).await {
+                    Ok(changes) => {
+                        for change in changes {
+                            tracing::warn!(table = %change.table, sql = %change.statement, "a table had lost its replica identity; set it again");
+                        }
+                    }
+                    Err(e @ SourceError::IdentityNeeded { .. }) => tracing::error!("{e}"),
+                    Err(e) => return Err(e.into()),
+                },
             }
         }
     }

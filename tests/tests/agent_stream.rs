@@ -91,6 +91,30 @@ fn reference_transactions(pg: &PgCluster, excluded_oid: u32) -> Vec<Vec<Bytes>> 
     transactions(kept)
 }
 
+struct Compared {
+    /// Everything the archive holds.
+    archived: Vec<Vec<Bytes>>,
+    /// The archived transactions in the reference's range.
+    comparable: Vec<Vec<Bytes>>,
+    reference: Vec<Vec<Bytes>>,
+}
+
+/// Waits until the archive holds the reference slot's last transaction,
+/// stops the agent with SIGTERM (it must exit 0), and lines both up.
+fn stop_and_compare(pg: &PgCluster, archive: &Path, agent: &mut Process, excluded_oid: u32) -> Compared {
+    let reference = reference_transactions(pg, excluded_oid);
+    let (first, last) = (commit_end(&reference[0]), commit_end(reference.last().unwrap()));
+    wait_for("the archive to catch up", Duration::from_secs(60), || {
+        archived_transactions(archive).last().map(|t| commit_end(t) >= last).unwrap_or(false)
+    });
+    let status = agent.terminate(Duration::from_secs(30)).expect("the agent stops on SIGTERM");
+    assert!(status.success(), "exit {status:?}; output:\n{}", agent.output());
+    let archived = archived_transactions(archive);
+    // The agent's own sequence records may precede or follow the reference's range.
+    let comparable = archived.iter().filter(|t| (first..=last).contains(&commit_end(t))).cloned().collect();
+    Compared { archived, comparable, reference }
+}
+
 fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
@@ -157,18 +181,7 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
         });
     });
     let excluded_oid: u32 = pg.psql("app", "SELECT 'e2e_one_time_keys_json'::regclass::oid").unwrap().parse().unwrap();
-    let reference = reference_transactions(&pg, excluded_oid);
-    let last = commit_end(reference.last().unwrap());
-    wait_for("the archive to catch up", Duration::from_secs(60), || {
-        archived_transactions(archive.path()).last().map(|t| commit_end(t) >= last).unwrap_or(false)
-    });
-    let status = agent.terminate(Duration::from_secs(30)).expect("the agent stops on SIGTERM");
-    assert!(status.success(), "exit {status:?}; output:\n{}", agent.output());
-
-    let archived = archived_transactions(archive.path());
-    let first = commit_end(&reference[0]);
-    // The agent's own sequence records may follow the reference's last commit.
-    let comparable: Vec<_> = archived.iter().filter(|t| (first..=last).contains(&commit_end(t))).cloned().collect();
+    let Compared { archived, comparable, reference } = stop_and_compare(&pg, archive.path(), &mut agent, excluded_oid);
     assert_eq!(comparable.len(), reference.len(), "transaction count");
     for (i, (a, r)) in comparable.iter().zip(&reference).enumerate() {
         let show = |t: &[Bytes]| {
@@ -279,17 +292,7 @@ fn sigkill_at_random_moments_leaves_no_gap_and_no_duplicate() {
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let reference = reference_transactions(&pg, 0);
-    let last = commit_end(reference.last().unwrap());
-    wait_for("the archive to catch up", Duration::from_secs(60), || {
-        archived_transactions(archive.path()).last().map(|t| commit_end(t) >= last).unwrap_or(false)
-    });
-    let status = agent.terminate(Duration::from_secs(30)).expect("the agent stops on SIGTERM");
-    assert!(status.success(), "{}", agent.output());
-    let archived = archived_transactions(archive.path());
-    let first = commit_end(&reference[0]);
-    // The agent's own sequence records may follow the reference's last commit.
-    let comparable: Vec<_> = archived.into_iter().filter(|t| (first..=last).contains(&commit_end(t))).collect();
+    let Compared { comparable, reference, .. } = stop_and_compare(&pg, archive.path(), &mut agent, 0);
     let ends = |ts: &[Vec<Bytes>]| ts.iter().map(|t| commit_end(t)).collect::<Vec<_>>();
     let (a, r) = (ends(&comparable), ends(&reference));
     let missing: Vec<_> = r.iter().filter(|e| !a.contains(e)).collect();
@@ -308,7 +311,11 @@ fn sigkill_at_random_moments_leaves_no_gap_and_no_duplicate() {
 /// The agent's peak resident memory, from the kernel.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok()).unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
 }
 
 #[test]
@@ -319,14 +326,19 @@ fn a_one_gigabyte_transaction_passes_through_in_bounded_memory() {
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
     wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap() == "1"
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
+            == "1"
     });
     // 1,000,000 rows of 1,024 bytes each, in one transaction.
     pg.psql("app", "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000000) g").unwrap();
     let end: Lsn = pg.psql("app", "SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
     let segments = || {
         let mut keys: Vec<SegmentKey> = std::fs::read_dir(archive.path().join("segments"))
-            .map(|d| d.flatten().filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok()).collect())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         keys.sort();
         keys
