@@ -91,9 +91,18 @@ impl Process {
 
     /// SIGTERM, then waits up to `timeout` for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM, timeout)
+    }
+
+    /// SIGINT (Ctrl-C), then waits up to `timeout` for a clean exit.
+    pub fn interrupt(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGINT, timeout)
+    }
+
+    fn signal(&mut self, signal: libc::c_int, timeout: Duration) -> Option<ExitStatus> {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: kill on our own child's pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            unsafe { libc::kill(pid, signal) };
         }
         self.wait_timeout(timeout)
     }

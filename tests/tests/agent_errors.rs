@@ -54,7 +54,9 @@ fn an_unreachable_server_is_named_and_the_archive_is_untouched() {
         assert!(std::time::Instant::now() < deadline, "nothing archived: {}", agent.output());
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(agent.terminate(Duration::from_secs(30)).unwrap().success());
+    // Ctrl-C stops it as cleanly as SIGTERM.
+    assert!(agent.interrupt(Duration::from_secs(30)).unwrap().success(), "{}", agent.output());
+    assert!(agent.output().contains("SIGINT received"), "{}", agent.output());
     let before = snapshot(archive.path());
     drop(pg);
 
