@@ -168,6 +168,7 @@ impl<'a> Streamer<'a> {
         let mut identity = tokio::time::interval_at(tokio::time::Instant::now() + IDENTITY_RECHECK, IDENTITY_RECHECK);
         identity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let guard = IdentityGuard::new(self.config.replica_identity, self.config.schemas.clone());
+        let mut last_sequences = None;
         loop {
             let deadline =
                 self.segment.as_ref().map(|s| tokio::time::Instant::from_std(s.opened + self.config.segment_max_age));
@@ -184,7 +185,12 @@ impl<'a> Streamer<'a> {
                     None => return Err(AgentError::StreamEnded),
                 },
                 _ = sequences.tick() => {
-                    source::emit_sequences(client, &self.config.schemas).await?;
+                    // Only when a value moved: an idle database costs no segment.
+                    let values = source::read_sequences(client, &self.config.schemas).await?;
+                    if last_sequences.as_ref() != Some(&values) {
+                        source::emit_sequences(client, &values).await?;
+                        last_sequences = Some(values);
+                    }
                 }
                 _ = identity.tick() => match guard.enforce(client).await {
                     Ok(changes) => {

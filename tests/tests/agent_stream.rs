@@ -127,9 +127,37 @@ fn agent(pg: &PgCluster, archive: &Path) -> Process {
     Process::start(
         "tidemark-agent",
         &["--source", &pg.connection_string("app"), "--archive", &format!("file://{}", archive.display())],
-        &[("TIDEMARK_SEGMENT_MAX_AGE", "200ms".into()), ("TIDEMARK_LOG", "info".into())],
+        &[
+            ("TIDEMARK_SEGMENT_MAX_AGE", "200ms".into()),
+            ("TIDEMARK_SEQUENCES_INTERVAL", "1s".into()),
+            ("TIDEMARK_LOG", "info".into()),
+        ],
     )
     .unwrap()
+}
+
+#[test]
+fn an_idle_database_adds_nothing_to_the_archive() {
+    let pg = PgCluster::start().unwrap();
+    pg.create_database("app").unwrap();
+    pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY); CREATE SEQUENCE s").unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let mut agent = agent(&pg, archive.path());
+    wait_for("the agent's slot", Duration::from_secs(30), || {
+        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
+            == "1"
+    });
+    pg.psql("app", "INSERT INTO t VALUES (1); SELECT nextval('s')").unwrap();
+    let end: Lsn = pg.psql("app", "SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
+    // The insert, then the sequence record that follows nextval.
+    wait_for("the write and the sequence record", Duration::from_secs(30), || {
+        archived_transactions(archive.path()).last().is_some_and(|t| commit_end(t) > end)
+    });
+    let before = archived_transactions(archive.path()).len();
+    // Three sequence intervals with nothing written.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(archived_transactions(archive.path()).len(), before, "an idle database must cost no segment");
+    assert!(agent.terminate(Duration::from_secs(30)).unwrap().success());
 }
 
 #[test]

@@ -9,7 +9,7 @@ pub mod sql;
 pub mod tls;
 
 pub use identity::{IdentityChange, IdentityGuard};
-pub use setup::{emit_mark, emit_sequences, prepare, ServerFacts, SlotState};
+pub use setup::{emit_mark, emit_sequences, prepare, read_sequences, ServerFacts, SlotState};
 
 /// Why the source cannot be archived, each with the fix.
 #[derive(Debug, thiserror::Error)]

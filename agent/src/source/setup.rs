@@ -4,7 +4,7 @@
 //! the stream: sequence values and marks.
 
 use tokio_postgres::Client;
-use wal_format::{Lsn, SEQUENCE_PREFIX};
+use wal_format::{Lsn, SequenceRecord, SequenceValue, TidemarkRecord, MARK_PREFIX, SEQUENCE_PREFIX};
 
 use super::identity::{IdentityChange, IdentityGuard};
 use super::SourceError;
@@ -237,29 +237,36 @@ async fn ensure_publication(client: &Client, config: &Config, superuser: bool) -
     Ok(())
 }
 
-/// Records every sequence's value of the configured schemas as a
-/// `tidemark.seq` message, in a transaction of its own.
-pub async fn emit_sequences(client: &Client, schemas: &[String]) -> Result<Lsn, SourceError> {
-    let row = client
-        .query_one(
-            "SELECT pg_logical_emit_message(true, $1, json_build_object('v', 1, 'sequences', coalesce(
-                      json_agg(json_build_object('schema', schemaname, 'name', sequencename, 'last_value', last_value)
-                               ORDER BY schemaname, sequencename), '[]'::json))::text)::text
-               FROM pg_sequences WHERE schemaname = ANY ($2)",
-            &[&SEQUENCE_PREFIX, &schemas],
+/// Every sequence's value in the configured schemas, by name.
+pub async fn read_sequences(client: &Client, schemas: &[String]) -> Result<Vec<SequenceValue>, SourceError> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, sequencename::text, last_value FROM pg_sequences
+              WHERE schemaname = ANY ($1) ORDER BY schemaname, sequencename",
+            &[&schemas],
         )
         .await
-        .map_err(sql_error("recording sequence values"))?;
+        .map_err(sql_error("reading sequence values"))?;
+    Ok(rows.iter().map(|r| SequenceValue { schema: r.get(0), name: r.get(1), last_value: r.get(2) }).collect())
+}
+
+/// Records sequence values as a `tidemark.seq` message, in a transaction of
+/// its own.
+pub async fn emit_sequences(client: &Client, values: &[SequenceValue]) -> Result<Lsn, SourceError> {
+    let record = TidemarkRecord::Sequences(SequenceRecord { v: 1, sequences: values.to_vec() });
+    emit(client, SEQUENCE_PREFIX, &record).await
+}
+
+async fn emit(client: &Client, prefix: &str, record: &TidemarkRecord) -> Result<Lsn, SourceError> {
+    let content = String::from_utf8_lossy(&record.to_content()).into_owned();
+    let row = client
+        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&prefix, &content])
+        .await
+        .map_err(sql_error("writing a tidemark record"))?;
     Ok(row.get::<_, String>(0).parse().unwrap_or_default())
 }
 
 /// Writes a named mark into the stream.
 pub async fn emit_mark(client: &Client, name: &str) -> Result<Lsn, SourceError> {
-    let content = wal_format::TidemarkRecord::mark(name).to_content();
-    let text = String::from_utf8_lossy(&content).into_owned();
-    let row = client
-        .query_one("SELECT pg_logical_emit_message(true, $1, $2)::text", &[&wal_format::MARK_PREFIX, &text])
-        .await
-        .map_err(sql_error("writing the mark"))?;
-    Ok(row.get::<_, String>(0).parse().unwrap_or_default())
+    emit(client, MARK_PREFIX, &TidemarkRecord::mark(name)).await
 }
