@@ -4,6 +4,7 @@
 
 mod fs;
 mod memory;
+mod s3;
 
 pub mod conformance;
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 
 pub use fs::FsStore;
 pub use memory::MemoryStore;
+pub use s3::{S3Settings, S3Store};
 
 /// An object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,14 @@ pub enum StoreError {
     InvalidKey { key: String, reason: &'static str },
     #[error("range {start}..{end} is outside object {key} of {size} bytes")]
     InvalidRange { key: String, start: u64, end: u64, size: u64 },
+    #[error("S3 could not {op} {key}: {message}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("cannot {op} {location}")]
     Io {
         op: &'static str,
@@ -63,6 +73,8 @@ impl StoreError {
                 | std::io::ErrorKind::ConnectionAborted => RetryPolicy::Retry,
                 _ => RetryPolicy::Fail,
             },
+            // The SDK already retried throttling, 5xx and timeouts with backoff.
+            StoreError::Remote { .. } => RetryPolicy::Retry,
             _ => RetryPolicy::Fail,
         }
     }
