@@ -52,7 +52,7 @@ pub enum ConfigError {
 /// Every setting: dotted name, default (None: unset), what is allowed.
 const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("source", None, "a libpq connection string or postgresql:// URI"),
-    ("archive", None, "file:///absolute/path (s3:// arrives with S3 support)"),
+    ("archive", None, "file:///absolute/path or s3://bucket/prefix"),
     ("exclude_tables", Some("public.e2e_one_time_keys_json"), "comma-separated schema.table names, or empty"),
     ("schemas", Some("public"), "comma-separated schema names"),
     ("slot", Some("tidemark"), "1 to 63 lower-case letters, digits and underscores"),
@@ -63,6 +63,9 @@ const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("segment.max_bytes", Some("16MiB"), "a size from 64KiB to 1GiB, such as 16MiB"),
     ("segment.max_age", Some("900ms"), "a duration from 10ms to 10m, such as 500ms or 1s"),
     ("sequences.interval", Some("10s"), "a duration from 1s to 1h, such as 10s"),
+    ("s3.endpoint", None, "an http:// or https:// URL, such as http://127.0.0.1:3900"),
+    ("s3.region", None, "a region name, such as eu-west-1 or garage"),
+    ("s3.path_style", Some("false"), "true or false"),
 ];
 
 /// How the replica identity guard acts on a table without one.
@@ -77,14 +80,29 @@ pub enum IdentityMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveUrl {
     File(PathBuf),
+    /// A bucket and a key prefix without leading or trailing `/`.
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
 }
 
 impl fmt::Display for ArchiveUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ArchiveUrl::File(p) => write!(f, "file://{}", p.display()),
+            ArchiveUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
+}
+
+/// How to reach an S3 archive beyond its URL; credentials come from the
+/// standard AWS chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
 }
 
 /// A table as `schema.name`.
@@ -116,6 +134,7 @@ pub struct Config {
     pub segment_max_bytes: u64,
     pub segment_max_age: Duration,
     pub sequence_interval: Duration,
+    pub s3: S3Options,
 }
 
 /// Values as given, by setting name, with their origin.
@@ -220,6 +239,19 @@ impl Layers {
                 .filter(|d| (Duration::from_millis(10)..=Duration::from_secs(600)).contains(d))),
             sequence_interval: parsed!("sequences.interval", |s: &str| parse_duration(s)
                 .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d))),
+            s3: S3Options {
+                endpoint: match get("s3.endpoint") {
+                    None => None,
+                    Some(g) if g.0.starts_with("http://") || g.0.starts_with("https://") => Some(g.0.trim().to_owned()),
+                    Some(g) => return Err(invalid("s3.endpoint", g)),
+                },
+                region: get("s3.region").map(|g| g.0.trim().to_owned()).filter(|r| !r.is_empty()),
+                path_style: parsed!("s3.path_style", |s: &str| match s {
+                    "true" => Some(true),
+                    "false" => Some(false),
+                    _ => None,
+                }),
+            },
         })
     }
 }
@@ -267,6 +299,15 @@ fn parse_tables(s: &str) -> Option<Vec<TableName>> {
 }
 
 fn parse_archive(s: &str) -> Option<ArchiveUrl> {
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        let prefix = prefix.trim_matches('/');
+        let prefix_ok = prefix.is_empty() || prefix.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+        return (bucket_ok && prefix_ok)
+            .then(|| ArchiveUrl::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
+    }
     let path = s.strip_prefix("file://")?;
     let path = Path::new(path);
     path.is_absolute().then(|| ArchiveUrl::File(path.to_path_buf()))
@@ -386,6 +427,34 @@ mod tests {
                 "{setting}={value}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn s3_archives_take_a_bucket_a_prefix_and_options() {
+        let c = layers(
+            None,
+            &[
+                ("TIDEMARK_S3_ENDPOINT", "http://127.0.0.1:3900"),
+                ("TIDEMARK_S3_PATH_STYLE", "true"),
+                ("TIDEMARK_S3_REGION", "garage"),
+            ],
+            &[("archive", "s3://tidemark-test/archives/synapse/")],
+        )
+        .unwrap();
+        assert_eq!(c.archive, ArchiveUrl::S3 { bucket: "tidemark-test".into(), prefix: "archives/synapse".into() });
+        assert_eq!(
+            c.s3,
+            S3Options {
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                region: Some("garage".into()),
+                path_style: true
+            }
+        );
+        for bad in ["s3://", "s3://UPPER/x", "s3://b/x//y", "s3://ab"] {
+            assert!(layers(None, &[], &[("archive", bad)]).is_err(), "{bad} accepted");
+        }
+        let err = layers(None, &[("TIDEMARK_S3_PATH_STYLE", "yes")], &[("archive", "s3://bucket")]).unwrap_err();
+        assert!(err.to_string().contains("s3.path_style"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::{ArchiveUrl, Config, TableName};
 use crate::replication::{self, ReplicationConnection, StreamEvent};
 use crate::segments::OpenSegment;
 use crate::source::{self, conninfo, IdentityGuard, SlotState, SourceError};
-use crate::store::{FsStore, ObjectStore};
+use crate::store::{FsStore, ObjectStore, S3Settings, S3Store};
 use crate::AgentError;
 
 const APPLICATION_NAME: &str = "tidemark-agent";
@@ -36,9 +36,22 @@ pub struct RunSummary {
 }
 
 /// Opens the archive a configuration names.
-pub fn open_store(config: &Config) -> Result<Box<dyn ObjectStore>, AgentError> {
+pub async fn open_store(config: &Config) -> Result<Box<dyn ObjectStore>, AgentError> {
     match &config.archive {
         ArchiveUrl::File(path) => Ok(Box::new(FsStore::open(path)?)),
+        ArchiveUrl::S3 { bucket, prefix } => {
+            let settings = S3Settings {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                endpoint: config.s3.endpoint.clone(),
+                region: config.s3.region.clone(),
+                path_style: config.s3.path_style,
+            };
+            let store = S3Store::connect(settings).await?;
+            // Fail now, before the source is touched, if the bucket is unusable.
+            store.list(wal_format::ARCHIVE_MANIFEST_KEY).await?;
+            Ok(Box::new(store))
+        }
     }
 }
 
@@ -47,7 +60,7 @@ pub fn open_store(config: &Config) -> Result<Box<dyn ObjectStore>, AgentError> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, AgentError> {
     let params = conninfo::resolve(config.source.as_deref(), &conninfo::Environment::current())?;
     // The archive first: if it is unusable, the source is left untouched.
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let client = source::sql::connect(&params, APPLICATION_NAME).await?;
     let facts = source::prepare(&client, &config).await?;
     for change in &facts.identity_changes {

@@ -28,9 +28,14 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if let (Some(cargo), false) = (std::env::var_os("CARGO"), built.iter().any(|b| b == name)) {
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", package_of(name), "--bin", name]);
         if profile_dir.ends_with("release") {
-            cmd.arg("--release");
+            cmd.args(["build", "--quiet", "--release", "-p", package_of(name), "--bin", name]);
+        } else {
+            // The same package set and targets as `cargo test --workspace
+            // --all-targets`: the same features, so nothing is rebuilt
+            // differently (building one package alone would unify features
+            // differently and rebuild half the dependency tree).
+            cmd.args(["build", "--quiet", "--workspace", "--all-targets"]);
         }
         crate::process::run(&mut cmd)?;
         built.push(name.to_owned());

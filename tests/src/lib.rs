@@ -9,6 +9,7 @@ pub mod agent;
 mod garage;
 mod postgres;
 mod process;
+pub mod reference;
 pub mod tls;
 
 pub use garage::Garage;

@@ -8,88 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidemark_tests::agent::Process;
+use tidemark_tests::reference::{archived_transactions, commit_end, reference_transactions};
 use tidemark_tests::PgCluster;
 use wal_format::pgoutput::{decode_message, DecodeOptions, Message};
 use wal_format::segment::decode_segment;
 use wal_format::{Lsn, SegmentKey};
 
 const MARKER: &str = "TIDEMARK-SECRET-MARKER-8c1f";
-
-/// Every transaction in the archive, in key order, as its messages'
-/// bytes without Relation and Type messages (which a segment repeats).
-fn archived_transactions(dir: &Path) -> Vec<Vec<Bytes>> {
-    let mut keys: Vec<_> = std::fs::read_dir(dir.join("segments"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| format!("segments/{}", e.file_name().to_string_lossy())).collect())
-        .unwrap_or_default();
-    keys.retain(|k: &String| !k.contains(".tmp-"));
-    keys.sort();
-    let mut previous_end = None;
-    let mut out = Vec::new();
-    for key in keys {
-        let range = SegmentKey::parse(&key).unwrap();
-        if let Some(end) = previous_end {
-            assert_eq!(range.start, end, "the segment chain has a gap or overlap before {key}");
-        }
-        previous_end = Some(range.end);
-        let (header, records) = decode_segment(&std::fs::read(dir.join(&key)).unwrap()).unwrap();
-        assert_eq!((header.start_lsn, header.end_lsn), (range.start, range.end));
-        out.extend(transactions(records.into_iter().map(|r| r.raw)));
-    }
-    out
-}
-
-/// Groups messages into transactions, dropping Relation and Type messages.
-fn transactions(messages: impl IntoIterator<Item = Bytes>) -> Vec<Vec<Bytes>> {
-    let mut out = Vec::new();
-    let mut current = Vec::new();
-    for raw in messages {
-        let m = decode_message(raw.clone(), &DecodeOptions::v1(), false).unwrap();
-        match m {
-            Message::Relation(_) | Message::Type(_) => continue,
-            Message::Message(ref lm) if !lm.is_transactional() => continue,
-            _ => {}
-        }
-        current.push(raw);
-        if matches!(m, Message::Commit(_)) {
-            out.push(std::mem::take(&mut current));
-        }
-    }
-    out
-}
-
-fn commit_end(txn: &[Bytes]) -> Lsn {
-    match decode_message(txn.last().unwrap().clone(), &DecodeOptions::v1(), false).unwrap() {
-        Message::Commit(c) => c.end_lsn,
-        other => panic!("not a commit: {other:?}"),
-    }
-}
-
-/// The reference: what a second pgoutput slot on the same publication saw,
-/// minus the changes of the excluded table.
-fn reference_transactions(pg: &PgCluster, excluded_oid: u32) -> Vec<Vec<Bytes>> {
-    let hex = pg
-        .psql("app", "SELECT encode(data, 'hex') FROM pg_logical_slot_peek_binary_changes('reference', NULL, NULL, 'proto_version', '1', 'publication_names', 'tidemark', 'messages', 'true')")
-        .unwrap();
-    let messages = hex.lines().map(|h| {
-        Bytes::from(
-            (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<u8>>(),
-        )
-    });
-    let kept = messages.filter_map(|raw| match decode_message(raw.clone(), &DecodeOptions::v1(), false).unwrap() {
-        // A TRUNCATE of several tables keeps the others.
-        Message::Truncate(mut t) if t.relation_ids.contains(&excluded_oid) => {
-            t.relation_ids.retain(|id| *id != excluded_oid);
-            (!t.relation_ids.is_empty()).then(|| {
-                let mut buf = bytes::BytesMut::new();
-                Message::Truncate(t).encode(&mut buf).unwrap();
-                buf.freeze()
-            })
-        }
-        m if m.relation_ids().contains(&excluded_oid) => None,
-        _ => Some(raw),
-    });
-    transactions(kept)
-}
 
 struct Compared {
     /// Everything the archive holds.
@@ -102,7 +27,7 @@ struct Compared {
 /// Waits until the archive holds the reference slot's last transaction,
 /// stops the agent with SIGTERM (it must exit 0), and lines both up.
 fn stop_and_compare(pg: &PgCluster, archive: &Path, agent: &mut Process, excluded_oid: u32) -> Compared {
-    let reference = reference_transactions(pg, excluded_oid);
+    let reference = reference_transactions(pg, "app", "reference", excluded_oid);
     let (first, last) = (commit_end(&reference[0]), commit_end(reference.last().unwrap()));
     wait_for("the archive to catch up", Duration::from_secs(60), || {
         archived_transactions(archive).last().map(|t| commit_end(t) >= last).unwrap_or(false)
