@@ -16,6 +16,18 @@ fn package_of(name: &str) -> &str {
     }
 }
 
+/// Whether a variable of the test process came from the user's environment
+/// rather than from cargo running the test.
+fn inherited_by_cargo(name: &str) -> bool {
+    let set_by_cargo_for_tests = name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
+        || name.starts_with("CARGO_CRATE_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(name, "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR" | "CARGO_RUSTC_CURRENT_DIR")
+        || name.starts_with("__CARGO");
+    !set_by_cargo_for_tests
+}
+
 /// The path of one of the workspace's binaries beside the test executable,
 /// brought up to date with cargo first when the tests run under cargo (a
 /// test of this package does not make cargo rebuild another's binary).
@@ -28,6 +40,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     if let (Some(cargo), false) = (std::env::var_os("CARGO"), built.iter().any(|b| b == name)) {
         let mut cmd = Command::new(cargo);
+        // cargo gives test processes CARGO_PKG_*, OUT_DIR and the like; build
+        // scripts that watch such variables would rebuild for a different
+        // environment than the outer `cargo test`. Pass on only the user's.
+        cmd.env_clear().envs(std::env::vars().filter(|(k, _)| inherited_by_cargo(k)));
         if profile_dir.ends_with("release") {
             cmd.args(["build", "--quiet", "--release", "-p", package_of(name), "--bin", name]);
         } else {
