@@ -58,7 +58,7 @@ const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("slot", Some("tidemark"), "1 to 63 lower-case letters, digits and underscores"),
     ("publication", Some("tidemark"), "1 to 63 lower-case letters, digits and underscores"),
     ("replica_identity", Some("auto"), "auto or check-only"),
-    ("metrics_addr", None, "an address and port such as 127.0.0.1:9187"),
+    ("metrics_addr", Some("127.0.0.1:9187"), "an address and port such as 127.0.0.1:9187, or off"),
     ("spill_dir", None, "an absolute directory path"),
     ("segment.max_bytes", Some("16MiB"), "a size from 64KiB to 1GiB, such as 16MiB"),
     ("segment.max_age", Some("900ms"), "a duration from 10ms to 10m, such as 500ms or 1s"),
@@ -207,8 +207,9 @@ impl Layers {
             },
         };
         let metrics_addr = match get("metrics_addr") {
-            None => None,
+            Some(given) if given.0.trim() == "off" => None,
             Some(given) => Some(given.0.trim().parse().map_err(|_| invalid("metrics_addr", given.clone()))?),
+            None => None,
         };
         let spill_dir = match get("spill_dir") {
             None => std::env::temp_dir(),

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod config;
+pub mod metrics;
 pub mod replication;
 mod run;
 mod segments;
@@ -38,6 +39,12 @@ pub enum AgentError {
     Stream { reason: String },
     #[error("the change stream ended")]
     StreamEnded,
+    #[error("cannot serve metrics on {addr}; set metrics_addr to a free address or off")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("local temporary file I/O failed (spill_dir)")]
     Io(#[from] std::io::Error),
 }

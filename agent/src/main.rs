@@ -31,9 +31,12 @@ struct Cli {
     /// The database: a libpq connection string or postgresql:// URI [env: TIDEMARK_SOURCE].
     #[arg(long, value_name = "CONNSTR")]
     source: Option<String>,
-    /// Where to archive: file:///absolute/path [env: TIDEMARK_ARCHIVE].
+    /// Where to archive: file:///absolute/path or s3://bucket/prefix [env: TIDEMARK_ARCHIVE].
     #[arg(long, value_name = "URL")]
     archive: Option<String>,
+    /// Serve /metrics and /healthz here (default 127.0.0.1:9187; off to disable) [env: TIDEMARK_METRICS_ADDR].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<String>,
 }
 
 fn layers(cli: &Cli) -> Result<Layers, tidemark_agent::config::ConfigError> {
@@ -51,6 +54,9 @@ fn layers(cli: &Cli) -> Result<Layers, tidemark_agent::config::ConfigError> {
     }
     if let Some(archive) = &cli.archive {
         layers.set("archive", archive.clone(), Origin::Flag("--archive".into()));
+    }
+    if let Some(addr) = &cli.metrics_addr {
+        layers.set("metrics_addr", addr.clone(), Origin::Flag("--metrics-addr".into()));
     }
     Ok(layers)
 }

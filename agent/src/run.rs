@@ -10,10 +10,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch};
 use wal_format::pgoutput::{decode_message, DecodeOptions, Message, Oid};
 use wal_format::segment::RelationCache;
-use wal_format::Lsn;
+use wal_format::{Lsn, PgTimestamp};
 
 use crate::archive::{self, TxnBuffer};
 use crate::config::{ArchiveUrl, Config, TableName};
+use crate::metrics::{self, Metrics};
 use crate::replication::{self, ReplicationConnection, StreamEvent};
 use crate::segments::OpenSegment;
 use crate::source::{self, conninfo, IdentityGuard, SlotState, SourceError};
@@ -59,6 +60,17 @@ pub async fn open_store(config: &Config) -> Result<Box<dyn ObjectStore>, AgentEr
 /// durable, acknowledges it and returns) or an error stops it.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<RunSummary, AgentError> {
     let params = conninfo::resolve(config.source.as_deref(), &conninfo::Environment::current())?;
+    let metrics = Metrics::new();
+    let _endpoint = match config.metrics_addr {
+        Some(addr) => {
+            let (bound, task) = metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|source| AgentError::Metrics { addr: addr.to_string(), source })?;
+            tracing::info!("metrics endpoint listening on http://{bound}/metrics");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     // The archive first: if it is unusable, the source is left untouched.
     let store = open_store(&config).await?;
     let client = source::sql::connect(&params, APPLICATION_NAME).await?;
@@ -93,8 +105,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<R
     let (durable_tx, durable_rx) = watch::channel(watermark);
     let (events_tx, events_rx) = mpsc::channel(256);
     let stream = replication::spawn(repl, durable_rx, events_tx, Duration::from_secs(10));
-    let mut streamer = Streamer::new(&config, system.system_identifier, watermark, store, durable_tx);
+    metrics.streaming.store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics.durable_lsn.set(watermark.0 as f64);
+    let mut streamer = Streamer::new(&config, system.system_identifier, watermark, store, durable_tx, metrics.clone());
     let result = streamer.run(events_rx, &client, shutdown).await;
+    metrics.streaming.store(false, std::sync::atomic::Ordering::Relaxed);
     let summary = streamer.summary();
     match result {
         Ok(()) => {
@@ -124,13 +139,19 @@ struct Streamer<'a> {
     durable: Lsn,
     resumed_at: Lsn,
     excluded_names: HashSet<TableName>,
-    /// Relations seen, and whether each is excluded.
-    excluded: HashMap<Oid, bool>,
+    /// Relations seen, with the name of each that is excluded.
+    excluded: HashMap<Oid, Option<String>>,
     txn: Option<(wal_format::pgoutput::Begin, TxnBuffer)>,
     segment: Option<OpenSegment>,
     relations: RelationCache,
     segments: u64,
     transactions: u64,
+    metrics: Metrics,
+    /// Row changes in the open segment, and its earliest commit.
+    segment_changes: u64,
+    /// Row changes of the transaction being received.
+    txn_changes: u64,
+    segment_first_commit: Option<PgTimestamp>,
 }
 
 impl<'a> Streamer<'a> {
@@ -140,6 +161,7 @@ impl<'a> Streamer<'a> {
         watermark: Lsn,
         store: Box<dyn ObjectStore>,
         durable_tx: watch::Sender<Lsn>,
+        metrics: Metrics,
     ) -> Self {
         Streamer {
             config,
@@ -155,7 +177,41 @@ impl<'a> Streamer<'a> {
             relations: RelationCache::new(),
             segments: 0,
             transactions: 0,
+            metrics,
+            segment_changes: 0,
+            txn_changes: 0,
+            segment_first_commit: None,
         }
+    }
+
+    /// Publishes the commit time of the oldest transaction not yet durable.
+    fn update_pending(&self) {
+        let receiving = self.txn.as_ref().map(|(b, _)| b.commit_time);
+        let oldest = match (self.segment_first_commit, receiving) {
+            (Some(a), Some(b)) => a.min(b).0,
+            (Some(a), None) | (None, Some(a)) => a.0,
+            (None, None) => i64::MAX,
+        };
+        self.metrics.oldest_pending_commit.store(oldest, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Lag in bytes and the slot's retention, from the server.
+    async fn refresh_slot_metrics(&self, client: &tokio_postgres::Client) -> Result<(), AgentError> {
+        let row = client
+            .query_opt(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $2::text::pg_lsn)::float8,
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::float8, wal_status
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.config.slot, &self.durable.to_string()],
+            )
+            .await
+            .map_err(|source| SourceError::Sql { what: "reading the slot's position", source })?;
+        if let Some(row) = row {
+            self.metrics.lag_bytes.set(row.get::<_, Option<f64>>(0).unwrap_or(0.0).max(0.0));
+            self.metrics.slot_retained_wal_bytes.set(row.get::<_, Option<f64>>(1).unwrap_or(0.0));
+            self.metrics.set_wal_status(&row.get::<_, Option<String>>(2).unwrap_or_default());
+        }
+        Ok(())
     }
 
     fn summary(&self) -> RunSummary {
@@ -182,6 +238,8 @@ impl<'a> Streamer<'a> {
         identity.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let guard = IdentityGuard::new(self.config.replica_identity, self.config.schemas.clone());
         let mut last_sequences = None;
+        let mut slot_metrics = tokio::time::interval(Duration::from_secs(5));
+        slot_metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline =
                 self.segment.as_ref().map(|s| tokio::time::Instant::from_std(s.opened + self.config.segment_max_age));
@@ -205,6 +263,7 @@ impl<'a> Streamer<'a> {
                         last_sequences = Some(values);
                     }
                 }
+                _ = slot_metrics.tick() => self.refresh_slot_metrics(client).await?,
                 _ = identity.tick() => match guard.enforce(client).await {
                     Ok(changes) => {
                         for change in changes {
@@ -228,6 +287,8 @@ impl<'a> Streamer<'a> {
                 let mut buffer = TxnBuffer::new(TXN_MEMORY_LIMIT, &self.config.spill_dir);
                 buffer.push(payload)?;
                 self.txn = Some((*begin, buffer));
+                self.txn_changes = 0;
+                self.update_pending();
             }
             Message::Commit(commit) => {
                 let Some((_, mut buffer)) = self.txn.take() else {
@@ -236,28 +297,37 @@ impl<'a> Streamer<'a> {
                 // Already archived before a restart: drop it (no duplicate).
                 if commit.end_lsn <= self.durable {
                     tracing::debug!(end_lsn = %commit.end_lsn, "dropping a transaction the archive already holds");
+                    self.update_pending();
                     return Ok(());
                 }
                 buffer.push(payload)?;
+                self.segment_first_commit.get_or_insert(commit.commit_time);
+                self.segment_changes += std::mem::take(&mut self.txn_changes);
                 self.append(buffer).await?;
+                self.update_pending();
             }
             Message::Relation(r) => {
                 let name = TableName { schema: r.namespace.clone(), name: r.name.clone() };
                 let excluded = self.excluded_names.contains(&name);
-                self.excluded.insert(r.id, excluded);
+                self.excluded.insert(r.id, excluded.then(|| name.to_string()));
                 if !excluded {
                     self.push_in_txn(payload)?;
                 }
             }
             Message::Insert(_) | Message::Update(_) | Message::Delete(_) => {
                 let id = message.relation_ids()[0];
-                if !self.is_excluded(id)? {
-                    self.push_in_txn(payload)?;
+                match self.excluded_name(id)? {
+                    Some(table) => self.metrics.excluded_changes.with_label_values(&[&table]).inc(),
+                    None => {
+                        self.push_in_txn(payload)?;
+                        self.txn_changes += 1;
+                    }
                 }
             }
             Message::Truncate(t) => {
                 let mut kept = t.clone();
-                kept.relation_ids.retain(|id| !self.excluded.get(id).copied().unwrap_or(false));
+                kept.relation_ids.retain(|id| !matches!(self.excluded.get(id), Some(Some(_))));
+                self.txn_changes += u64::from(!kept.relation_ids.is_empty());
                 if kept.relation_ids.len() == t.relation_ids.len() {
                     self.push_in_txn(payload)?;
                 } else if !kept.relation_ids.is_empty() {
@@ -280,10 +350,11 @@ impl<'a> Streamer<'a> {
         Ok(())
     }
 
-    fn is_excluded(&self, id: Oid) -> Result<bool, AgentError> {
+    /// The name of an excluded table, `None` for a table that is archived.
+    fn excluded_name(&self, id: Oid) -> Result<Option<String>, AgentError> {
         self.excluded
             .get(&id)
-            .copied()
+            .cloned()
             .ok_or(AgentError::Stream { reason: format!("change to relation {id} before its Relation message") })
     }
 
@@ -319,7 +390,27 @@ impl<'a> Streamer<'a> {
         if segment.transactions() == 0 {
             return Ok(());
         }
-        let (header, relations) = segment.upload(self.store.as_ref()).await?;
+        let started = std::time::Instant::now();
+        let (header, relations) = match segment.upload(self.store.as_ref()).await {
+            Ok(done) => done,
+            Err(e) => {
+                self.metrics.store_errors.with_label_values(&["put"]).inc();
+                return Err(e);
+            }
+        };
+        let took = started.elapsed().as_secs_f64();
+        self.metrics.store_request_seconds.with_label_values(&["put"]).observe(took);
+        self.metrics.segment_close_seconds.observe(took);
+        self.metrics.segments.inc();
+        self.metrics.transactions.inc_by(u64::from(header.transaction_count));
+        self.metrics.changes.inc_by(std::mem::take(&mut self.segment_changes));
+        self.metrics.archived_bytes.inc_by(header.object_len());
+        self.metrics.durable_lsn.set(header.end_lsn.0 as f64);
+        if let Some(unix) = header.max_commit_time.to_unix_micros() {
+            self.metrics.last_durable_commit_timestamp.set(unix as f64 / 1e6);
+        }
+        self.segment_first_commit = None;
+        self.update_pending();
         self.relations = relations;
         self.durable = header.end_lsn;
         self.segments += 1;
@@ -330,6 +421,15 @@ impl<'a> Streamer<'a> {
         // The stream task may be gone at shutdown; nothing else listens.
         let _ = self.durable_tx.send(header.end_lsn);
         Ok(())
+    }
+}
+
+/// Stops a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

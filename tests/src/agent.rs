@@ -77,6 +77,8 @@ impl Process {
         let log = tempfile::NamedTempFile::new()?;
         let mut cmd = Command::new(binary(name)?);
         cmd.args(args).stdin(Stdio::null()).stdout(log.reopen()?).stderr(log.reopen()?);
+        // Tests run agents side by side: each gets a free metrics port.
+        cmd.env("TIDEMARK_METRICS_ADDR", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -86,6 +88,14 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The metrics endpoint the agent logged, once it did.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        let output = self.output();
+        let line = output.lines().find(|l| l.contains("metrics endpoint listening"))?;
+        let url = line.split("http://").nth(1)?;
+        url.split('/').next()?.parse().ok()
     }
 
     /// What the process wrote so far.
