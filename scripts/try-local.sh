@@ -52,7 +52,7 @@ echo "== running tidemark-agent into $archive"
 mkdir -p "$archive"
 TIDEMARK_LOG=${TIDEMARK_LOG:-info} "$agent" \
     --source "host=127.0.0.1 port=$port user=postgres dbname=synapse" \
-    --archive "file://$archive" 2>"$work/agent.log" &
+    --archive "file://$archive" --metrics-addr 127.0.0.1:0 2>"$work/agent.log" &
 agent_pid=$!
 until psql -d synapse -Atc "SELECT count(*) FROM pg_replication_slots WHERE active" | grep -q 1; do
     kill -0 "$agent_pid" 2>/dev/null || { cat "$work/agent.log"; exit 1; }
@@ -70,6 +70,11 @@ while [ $SECONDS -lt $end ]; do
       UPDATE room_memberships SET membership = 'leave' WHERE event_id = '\$m$((n / 2 + 1))';"
 done
 echo "   $n write transactions committed"
+metrics_url=$(grep -o 'http://[^ ]*/metrics' "$work/agent.log" | head -n 1)
+sleep 1
+echo "== a few of the agent's metrics ($metrics_url)"
+python3 -c "import urllib.request,sys; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())" "$metrics_url" \
+    | grep -E '^tidemark_(archived_transactions_total|excluded_changes_total|archive_lag_seconds|segments_written_total)' | sed 's/^/   /'
 
 echo "== stopping tidemark-agent (SIGTERM)"
 kill -TERM "$agent_pid"; wait "$agent_pid"; agent_pid=
