@@ -2,7 +2,7 @@
 # Installs what tidemark's tests need on a fresh Debian machine, and reuses
 # whatever is already there:
 #   - PostgreSQL 15 server and client binaries (apt: postgresql-15)
-#   - promtool (apt: prometheus)
+#   - promtool (apt: prometheus), openssl (apt)
 #   - Garage 2.5.0, a single-node S3 server (cargo install; 12-17 min on 2 cores,
 #     skipped when the same version is already on PATH or in ~/.cargo/bin)
 # Needs root (or sudo) for apt. Safe to run again.
@@ -18,9 +18,12 @@ as_root() {
 }
 
 apt_packages=()
-[ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_dump" ] \
-    || apt_packages+=(postgresql-15 postgresql-client-15)
+for tool in postgres initdb pg_ctl pg_dump psql pgbench pg_recvlogical; do
+    [ -x "$PG_BIN/$tool" ] || { apt_packages+=(postgresql-15 postgresql-client-15); break; }
+done
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+# The TLS tests make throwaway certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)
 
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     log "installing with apt: ${apt_packages[*]}"
