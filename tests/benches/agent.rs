@@ -20,7 +20,7 @@ use tidemark_tests::agent::Process;
 use tidemark_tests::PgCluster;
 use wal_format::pgoutput::Message;
 use wal_format::segment::SegmentReader;
-use wal_format::{Lsn, PgTimestamp, SegmentKey};
+use wal_format::{Lsn, PgTimestamp};
 
 fn pgbench(pg: &PgCluster, args: &[&str]) -> String {
     let out = Command::new(pg.bin_dir().join("pgbench"))
@@ -33,17 +33,7 @@ fn pgbench(pg: &PgCluster, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn segments(dir: &Path) -> Vec<SegmentKey> {
-    let mut keys: Vec<SegmentKey> = std::fs::read_dir(dir.join("segments"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    keys.sort();
-    keys
-}
+use tidemark_tests::reference::segment_keys as segments;
 
 fn start_agent(pg: &PgCluster, archive: &Path) -> Process {
     Process::start(
@@ -52,18 +42,6 @@ fn start_agent(pg: &PgCluster, archive: &Path) -> Process {
         &[("TIDEMARK_LOG", "warn".into())],
     )
     .expect("tidemark-agent starts")
-}
-
-fn wait_active(pg: &PgCluster, slot: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pg
-        .psql("bench", &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"))
-        .unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "slot {slot} never became active");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -93,7 +71,7 @@ fn main() {
 
     // Set the source up, then stop the agent so that a backlog builds.
     let mut agent = start_agent(&pg, archive.path());
-    wait_active(&pg, "tidemark");
+    pg.wait_for_active_slot("bench", "tidemark", Duration::from_secs(60)).unwrap();
     assert!(agent.terminate(Duration::from_secs(30)).unwrap().success());
     pg.psql("bench", "SELECT 'ok' FROM pg_create_logical_replication_slot('recvlogical', 'pgoutput')").unwrap();
     let report = pgbench(&pg, &["-n", "-c", "4", "-j", "2", "-T", &seconds.to_string()]);

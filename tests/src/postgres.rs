@@ -164,6 +164,21 @@ impl PgCluster {
         Ok(())
     }
 
+    /// Waits until replication slot `slot` exists in `database` and a
+    /// walsender streams from it.
+    pub fn wait_for_active_slot(&self, database: &str, slot: &str, timeout: Duration) -> Result<()> {
+        let sql = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active");
+        if wait_until(timeout, || self.psql(database, &sql).map(|n| n == "1").unwrap_or(false)) {
+            Ok(())
+        } else {
+            Err(HarnessError::NotReady {
+                what: format!("replication slot {slot}"),
+                seconds: timeout.as_secs(),
+                log: self.log(),
+            })
+        }
+    }
+
     /// The server's log so far (its last lines).
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("server.log"))

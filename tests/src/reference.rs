@@ -59,6 +59,19 @@ pub fn segment_transactions(mut segments: Vec<(SegmentKey, Vec<u8>)>) -> Vec<Tra
     out
 }
 
+/// The segment keys of a `file://` archive directory, in order.
+pub fn segment_keys(dir: &Path) -> Vec<SegmentKey> {
+    let mut keys: Vec<SegmentKey> = std::fs::read_dir(dir.join("segments"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
 /// Every transaction of a `file://` archive directory, in order.
 pub fn archived_transactions(dir: &Path) -> Vec<Transaction> {
     let segments = std::fs::read_dir(dir.join("segments"))

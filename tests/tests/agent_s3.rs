@@ -39,12 +39,8 @@ async fn the_agent_archives_to_s3_exactly_what_was_committed() {
     let mut agent =
         Process::start("tidemark-agent", &["--source", &pg.connection_string("app"), "--archive", &archive], &env)
             .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "the agent did not start: {}", agent.output());
-        std::thread::sleep(Duration::from_millis(50));
+    if let Err(e) = pg.wait_for_active_slot("app", "tidemark", Duration::from_secs(30)) {
+        panic!("the agent did not start: {e}\n{}", agent.output());
     }
     pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
     for i in 0..200 {

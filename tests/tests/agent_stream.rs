@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tidemark_tests::agent::Process;
-use tidemark_tests::reference::{archived_transactions, commit_end, reference_transactions};
+use tidemark_tests::reference::{archived_transactions, commit_end, reference_transactions, segment_keys};
 use tidemark_tests::PgCluster;
 use wal_format::pgoutput::{decode_message, DecodeOptions, Message};
 use wal_format::segment::decode_segment;
-use wal_format::{Lsn, SegmentKey};
+use wal_format::Lsn;
 
 const MARKER: &str = "TIDEMARK-SECRET-MARKER-8c1f";
 
@@ -68,10 +68,7 @@ fn an_idle_database_adds_nothing_to_the_archive() {
     pg.psql("app", "CREATE TABLE t (id int PRIMARY KEY); CREATE SEQUENCE s").unwrap();
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
-    wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
-            == "1"
-    });
+    pg.wait_for_active_slot("app", "tidemark", Duration::from_secs(30)).unwrap();
     pg.psql("app", "INSERT INTO t VALUES (1); SELECT nextval('s')").unwrap();
     let end: Lsn = pg.psql("app", "SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
     // The insert, then the sequence record that follows nextval.
@@ -102,10 +99,7 @@ fn the_archive_holds_exactly_the_committed_transactions_in_commit_order() {
     pgbench(&pg, &["-i", "-q", "-s", "1"]);
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
-    wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
-            == "1"
-    });
+    pg.wait_for_active_slot("app", "tidemark", Duration::from_secs(30)).unwrap();
     pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
 
     // pgbench's load, concurrent writers, TOAST updates, tables without a
@@ -211,10 +205,7 @@ fn sigkill_at_random_moments_leaves_no_gap_and_no_duplicate() {
         .unwrap();
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
-    wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
-            == "1"
-    });
+    pg.wait_for_active_slot("app", "tidemark", Duration::from_secs(30)).unwrap();
     pg.psql("app", "SELECT 'ok' FROM pg_create_logical_replication_slot('reference', 'pgoutput')").unwrap();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("kill schedule seed {seed}");
@@ -278,24 +269,11 @@ fn a_one_gigabyte_transaction_passes_through_in_bounded_memory() {
     pg.psql("app", "CREATE TABLE big (id int PRIMARY KEY, payload text)").unwrap();
     let archive = tempfile::tempdir().unwrap();
     let mut agent = agent(&pg, archive.path());
-    wait_for("the agent's slot", Duration::from_secs(30), || {
-        pg.psql("app", "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'tidemark' AND active").unwrap()
-            == "1"
-    });
+    pg.wait_for_active_slot("app", "tidemark", Duration::from_secs(30)).unwrap();
     // 1,000,000 rows of 1,024 bytes each, in one transaction.
     pg.psql("app", "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 1000000) g").unwrap();
     let end: Lsn = pg.psql("app", "SELECT pg_current_wal_lsn()").unwrap().parse().unwrap();
-    let segments = || {
-        let mut keys: Vec<SegmentKey> = std::fs::read_dir(archive.path().join("segments"))
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| SegmentKey::parse(&format!("segments/{}", e.file_name().to_string_lossy())).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        keys.sort();
-        keys
-    };
+    let segments = || segment_keys(archive.path());
     wait_for("the big transaction to be archived", Duration::from_secs(600), || {
         assert!(agent.try_wait().is_none(), "the agent died: {}", agent.output());
         segments().iter().any(|k| k.end >= end)

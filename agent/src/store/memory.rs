@@ -35,12 +35,7 @@ impl ObjectStore for MemoryStore {
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError> {
-        let body = tokio::fs::read(path).await.map_err(|source| StoreError::Io {
-            op: "read",
-            location: path.display().to_string(),
-            source,
-        })?;
-        self.put(key, Bytes::from(body)).await
+        self.put(key, super::read_local(path).await?).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {

@@ -150,6 +150,16 @@ pub(crate) fn validate_prefix(prefix: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Reads a local file whole, for stores that send it in one request.
+async fn read_local(path: &Path) -> Result<Bytes, StoreError> {
+    let body = tokio::fs::read(path).await.map_err(|source| StoreError::Io {
+        op: "read",
+        location: path.display().to_string(),
+        source,
+    })?;
+    Ok(Bytes::from(body))
+}
+
 fn check_range(key: &str, range: &Range<u64>, size: u64) -> Result<(), StoreError> {
     if range.start > range.end || range.end > size {
         return Err(StoreError::InvalidRange { key: key.to_owned(), start: range.start, end: range.end, size });

@@ -189,12 +189,7 @@ impl ObjectStore for S3Store {
         }
         // At most one part in memory. A streamed body would be sent with
         // aws-chunked trailing checksums, which not every S3 service accepts.
-        let body = tokio::fs::read(path).await.map_err(|source| StoreError::Io {
-            op: "read",
-            location: path.display().to_string(),
-            source,
-        })?;
-        self.put(key, Bytes::from(body)).await
+        self.put(key, super::read_local(path).await?).await
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
