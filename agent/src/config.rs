@@ -60,6 +60,7 @@ const SETTINGS: &[(&str, Option<&str>, &str)] = &[
     ("replica_identity", Some("auto"), "auto or check-only"),
     ("metrics_addr", Some("127.0.0.1:9187"), "an address and port such as 127.0.0.1:9187, or off"),
     ("spill_dir", None, "an absolute directory path"),
+    ("spill_max_bytes", Some("1GiB"), "a size from 64MiB to 1TiB, such as 1GiB"),
     ("segment.max_bytes", Some("16MiB"), "a size from 64KiB to 1GiB, such as 16MiB"),
     ("segment.max_age", Some("900ms"), "a duration from 10ms to 10m, such as 500ms or 1s"),
     ("sequences.interval", Some("10s"), "a duration from 1s to 1h, such as 10s"),
@@ -131,6 +132,9 @@ pub struct Config {
     pub replica_identity: IdentityMode,
     pub metrics_addr: Option<SocketAddr>,
     pub spill_dir: PathBuf,
+    /// Sealed segments waiting for the store, at most; past it the agent
+    /// stops reading the stream.
+    pub spill_max_bytes: u64,
     pub segment_max_bytes: u64,
     pub segment_max_age: Duration,
     pub sequence_interval: Duration,
@@ -234,6 +238,8 @@ impl Layers {
             }),
             metrics_addr,
             spill_dir,
+            spill_max_bytes: parsed!("spill_max_bytes", |s: &str| parse_size(s)
+                .filter(|b| (64 << 20..=1 << 40).contains(b))),
             segment_max_bytes: parsed!("segment.max_bytes", |s: &str| parse_size(s)
                 .filter(|b| (64 << 10..=1 << 30).contains(b))),
             segment_max_age: parsed!("segment.max_age", |s: &str| parse_duration(s)
@@ -339,6 +345,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
         "kB" | "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,

@@ -37,6 +37,8 @@ pub enum AgentError {
     Encode(#[from] wal_format::pgoutput::EncodeError),
     #[error("the change stream broke its rules: {reason}")]
     Stream { reason: String },
+    #[error("stopped with {segments} segment(s) that the store did not take; nothing beyond {durable} was acknowledged, and the next start resumes there")]
+    Unstored { segments: usize, durable: wal_format::Lsn },
     #[error("the change stream ended")]
     StreamEnded,
     #[error("cannot serve metrics on {addr}; set metrics_addr to a free address or off")]

@@ -16,9 +16,9 @@ use crate::archive::{self, TxnBuffer};
 use crate::config::{ArchiveUrl, Config, TableName};
 use crate::metrics::{self, Metrics};
 use crate::replication::{self, ReplicationConnection, StreamEvent};
-use crate::segments::OpenSegment;
+use crate::segments::{OpenSegment, SealedSegment};
 use crate::source::{self, conninfo, IdentityGuard, SlotState, SourceError};
-use crate::store::{FsStore, ObjectStore, S3Settings, S3Store};
+use crate::store::{FsStore, ObjectStore, RetryPolicy, S3Settings, S3Store};
 use crate::AgentError;
 
 const APPLICATION_NAME: &str = "tidemark-agent";
@@ -147,6 +147,13 @@ struct Streamer<'a> {
     segments: u64,
     transactions: u64,
     metrics: Metrics,
+    /// Sealed segments not yet stored, oldest first, and their bytes.
+    queue: std::collections::VecDeque<Queued>,
+    queued_bytes: u64,
+    /// When to retry storing the queue, and the current backoff.
+    retry: Option<(tokio::time::Instant, Duration)>,
+    /// Where the next segment starts: the end of the last sealed one.
+    next_start: Lsn,
     /// Row changes in the open segment, and its earliest commit.
     segment_changes: u64,
     /// Row changes of the transaction being received.
@@ -180,6 +187,10 @@ impl<'a> Streamer<'a> {
             metrics,
             segment_changes: 0,
             txn_changes: 0,
+            queue: std::collections::VecDeque::new(),
+            queued_bytes: 0,
+            retry: None,
+            next_start: watermark,
             segment_first_commit: None,
         }
     }
@@ -187,11 +198,10 @@ impl<'a> Streamer<'a> {
     /// Publishes the commit time of the oldest transaction not yet durable.
     fn update_pending(&self) {
         let receiving = self.txn.as_ref().map(|(b, _)| b.commit_time);
-        let oldest = match (self.segment_first_commit, receiving) {
-            (Some(a), Some(b)) => a.min(b).0,
-            (Some(a), None) | (None, Some(a)) => a.0,
-            (None, None) => i64::MAX,
-        };
+        // Sealed segments waiting for the store are not durable either.
+        let queued = self.queue.iter().map(|q| q.sealed.header.min_commit_time).min();
+        let oldest =
+            [queued, self.segment_first_commit, receiving].into_iter().flatten().min().map_or(i64::MAX, |t| t.0);
         self.metrics.oldest_pending_commit.store(oldest, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -247,10 +257,13 @@ impl<'a> Streamer<'a> {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutting down: closing the open segment");
-                    return self.close_segment().await;
+                    return self.drain().await;
                 }
                 _ = sleep_until(deadline) => self.close_segment().await?,
-                event = events.recv() => match event {
+                _ = sleep_until(self.retry.map(|(at, _)| at)) => self.upload_queued().await?,
+                // Past the spill limit, read nothing until the store catches up:
+                // the server keeps the rest, and the stream task keeps talking.
+                event = events.recv(), if self.queued_bytes < self.config.spill_max_bytes => match event {
                     Some(StreamEvent::XLogData { payload, .. }) => self.handle(payload).await?,
                     Some(StreamEvent::Keepalive { .. }) => {}
                     None => return Err(AgentError::StreamEnded),
@@ -373,7 +386,7 @@ impl<'a> Streamer<'a> {
         if self.segment.is_none() {
             let cache = std::mem::take(&mut self.relations);
             self.segment =
-                Some(OpenSegment::create(&self.config.spill_dir, self.system_identifier, self.durable, cache)?);
+                Some(OpenSegment::create(&self.config.spill_dir, self.system_identifier, self.next_start, cache)?);
         }
         let segment = self.segment.as_mut().expect("opened above");
         buffer.drain(|m| segment.push(m))?;
@@ -391,27 +404,68 @@ impl<'a> Streamer<'a> {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let (header, relations) = match segment.upload(self.store.as_ref()).await {
-            Ok(done) => done,
-            Err(e) => {
-                self.metrics.store_errors.with_label_values(&["put"]).inc();
-                return Err(e);
+        let (sealed, relations) = segment.seal()?;
+        self.relations = relations;
+        self.next_start = sealed.header.end_lsn;
+        self.queued_bytes += sealed.header.object_len();
+        self.queue.push_back(Queued { sealed, changes: std::mem::take(&mut self.segment_changes), started });
+        self.segment_first_commit = None;
+        self.update_pending();
+        match self.retry {
+            // The store is failing: the retry timer tries again, not every new segment.
+            Some(_) => Ok(()),
+            None => self.upload_queued().await,
+        }
+    }
+
+    /// Stores queued segments in order until the queue is empty or the store
+    /// fails; a failure that may pass is retried later with backoff (the
+    /// stream keeps going meanwhile), any other stops the agent.
+    async fn upload_queued(&mut self) -> Result<(), AgentError> {
+        while let Some(next) = self.queue.front() {
+            let request = std::time::Instant::now();
+            match next.sealed.upload(self.store.as_ref()).await {
+                Ok(()) => {
+                    self.retry = None;
+                    self.metrics
+                        .store_request_seconds
+                        .with_label_values(&["put"])
+                        .observe(request.elapsed().as_secs_f64());
+                    let done = self.queue.pop_front().expect("the front exists");
+                    self.made_durable(done);
+                    self.update_pending();
+                }
+                Err(e) => {
+                    self.metrics.store_errors.with_label_values(&["put"]).inc();
+                    if e.retry_policy() == RetryPolicy::Fail {
+                        return Err(e.into());
+                    }
+                    let backoff = self.retry.map(|(_, b)| (b * 2).min(MAX_BACKOFF)).unwrap_or(MIN_BACKOFF);
+                    let at = tokio::time::Instant::now() + jitter(backoff);
+                    tracing::warn!(
+                        error = %e, queued = self.queue.len(), queued_bytes = self.queued_bytes, retry_in = ?backoff,
+                        "cannot store a segment; keeping it and retrying (nothing beyond the archive is acknowledged)"
+                    );
+                    self.retry = Some((at, backoff));
+                    return Ok(());
+                }
             }
-        };
-        let took = started.elapsed().as_secs_f64();
-        self.metrics.store_request_seconds.with_label_values(&["put"]).observe(took);
-        self.metrics.segment_close_seconds.observe(took);
+        }
+        Ok(())
+    }
+
+    fn made_durable(&mut self, done: Queued) {
+        let header = done.sealed.header;
+        self.queued_bytes -= header.object_len();
+        self.metrics.segment_close_seconds.observe(done.started.elapsed().as_secs_f64());
         self.metrics.segments.inc();
         self.metrics.transactions.inc_by(u64::from(header.transaction_count));
-        self.metrics.changes.inc_by(std::mem::take(&mut self.segment_changes));
+        self.metrics.changes.inc_by(done.changes);
         self.metrics.archived_bytes.inc_by(header.object_len());
         self.metrics.durable_lsn.set(header.end_lsn.0 as f64);
         if let Some(unix) = header.max_commit_time.to_unix_micros() {
             self.metrics.last_durable_commit_timestamp.set(unix as f64 / 1e6);
         }
-        self.segment_first_commit = None;
-        self.update_pending();
-        self.relations = relations;
         self.durable = header.end_lsn;
         self.segments += 1;
         tracing::info!(
@@ -420,8 +474,42 @@ impl<'a> Streamer<'a> {
         );
         // The stream task may be gone at shutdown; nothing else listens.
         let _ = self.durable_tx.send(header.end_lsn);
+    }
+
+    /// At shutdown: the open segment is sealed; store what is queued,
+    /// retrying for a while if the store is down.
+    async fn drain(&mut self) -> Result<(), AgentError> {
+        self.close_segment().await?;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_RETRY;
+        while !self.queue.is_empty() {
+            let at = self.retry.map(|(at, _)| at).unwrap_or_else(tokio::time::Instant::now);
+            if at > deadline {
+                return Err(AgentError::Unstored { segments: self.queue.len(), durable: self.durable });
+            }
+            tokio::time::sleep_until(at).await;
+            self.upload_queued().await?;
+        }
         Ok(())
     }
+}
+
+/// One sealed segment waiting to be stored, with what it counts for.
+struct Queued {
+    sealed: SealedSegment,
+    changes: u64,
+    started: std::time::Instant,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a shutdown keeps trying to store what is queued.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(60);
+
+/// Up to 20 % more, so that agents do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    d + d.mul_f64(f64::from(nanos % 1000) / 5000.0)
 }
 
 /// Stops a spawned task when dropped.

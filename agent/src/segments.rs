@@ -49,20 +49,34 @@ impl OpenSegment {
         self.writer.transactions()
     }
 
-    /// Finishes the segment and uploads it; returns its header and the
-    /// relation cache for the next segment. When this returns, the segment
-    /// is durable in the archive.
-    pub async fn upload(self, store: &dyn ObjectStore) -> Result<(SegmentHeader, RelationCache), AgentError> {
+    /// Finishes the segment: the file then holds the whole object. Returns
+    /// it and the relation cache for the next segment.
+    pub fn seal(self) -> Result<(SealedSegment, RelationCache), AgentError> {
         let finished = self.writer.finish()?;
         let mut file = finished.sink.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
         file.write_all(&finished.header.encode())?;
         file.flush()?;
-        let key = SegmentKey::new(finished.header.start_lsn, finished.header.end_lsn).to_string();
+        Ok((SealedSegment { file, header: finished.header }, finished.relations))
+    }
+}
+
+/// A finished segment waiting in its temporary file to be stored.
+pub struct SealedSegment {
+    file: File,
+    pub header: SegmentHeader,
+}
+
+impl SealedSegment {
+    pub fn key(&self) -> String {
+        SegmentKey::new(self.header.start_lsn, self.header.end_lsn).to_string()
+    }
+
+    /// Stores the segment; when this returns `Ok`, it is durable.
+    pub async fn upload(&self, store: &dyn ObjectStore) -> Result<(), crate::store::StoreError> {
         // The unnamed file is reachable through /proc while we hold it open.
-        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::unix::io::AsRawFd::as_raw_fd(&file)));
-        store.put_file(&key, &path).await?;
-        drop(file);
-        Ok((finished.header, finished.relations))
+        let path =
+            std::path::PathBuf::from(format!("/proc/self/fd/{}", std::os::unix::io::AsRawFd::as_raw_fd(&self.file)));
+        store.put_file(&self.key(), &path).await
     }
 }

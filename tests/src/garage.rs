@@ -70,6 +70,33 @@ impl Garage {
         Ok(garage)
     }
 
+    /// Stops the server, keeping its data: the store is unreachable.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child, libc::SIGKILL, Duration::from_secs(5));
+    }
+
+    /// Starts the stopped server again on the same ports with the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.path().join("garage.log"))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-c")
+            .arg(self.dir.path().join("garage.toml"))
+            .arg("server")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.child = spawn_server(&mut cmd, libc::SIGKILL)?;
+        let port = self.s3_port;
+        let up = wait_until(Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() && self.cli(&["status"]).is_ok()
+        });
+        if up {
+            Ok(())
+        } else {
+            Err(HarnessError::NotReady { what: "Garage after a restart".into(), seconds: 30, log: self.log() })
+        }
+    }
+
     fn cli(&self, args: &[&str]) -> Result<String> {
         let output = run(Command::new(&self.bin).arg("-c").arg(self.dir.path().join("garage.toml")).args(args))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

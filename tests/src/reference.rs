@@ -45,11 +45,12 @@ pub fn commit_end(txn: &[Bytes]) -> Lsn {
 /// that their keys and headers chain without gap or overlap.
 pub fn segment_transactions(mut segments: Vec<(SegmentKey, Vec<u8>)>) -> Vec<Transaction> {
     segments.sort_by_key(|(k, _)| *k);
+    let keys: Vec<String> = segments.iter().map(|(k, _)| k.to_string()).collect();
     let mut previous_end = None;
     let mut out = Vec::new();
     for (key, bytes) in segments {
         if let Some(end) = previous_end {
-            assert_eq!(key.start, end, "the segment chain has a gap or overlap before {key}");
+            assert_eq!(key.start, end, "the segment chain has a gap or overlap before {key}: {keys:?}");
         }
         previous_end = Some(key.end);
         let (header, records) = decode_segment(&bytes).unwrap_or_else(|e| panic!("{key}: {e}"));
