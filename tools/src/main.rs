@@ -1,7 +1,7 @@
 //! `tidemark`: the command line for tidemark archives.
 //!
 //! Only what works is offered: today `inspect` reads a segment file. The
-//! restore, list, verify and mark commands arrive with the agent and store.
+//! restore, list, verify and mark commands arrive with base dumps and restore.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,9 +15,9 @@ mod inspect;
     name = "tidemark",
     version,
     about = "Inspect and restore tidemark archives of PostgreSQL databases",
-    long_about = "tidemark keeps a PostgreSQL database restorable to any moment: tidemark-agent archives a \
-                  consistent base dump and every committed change; this command reads that archive.\n\n\
-                  Available now: inspect. Restore, list, verify and mark come with the agent."
+    long_about = "tidemark keeps a PostgreSQL database restorable to any moment: tidemark-agent archives \
+                  every committed change; this command reads that archive.\n\n\
+                  Available now: inspect. Restore, list, verify and mark are not available yet."
 )]
 struct Cli {
     #[command(subcommand)]
