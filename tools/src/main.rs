@@ -14,7 +14,7 @@ mod inspect;
 #[command(
     name = "tidemark",
     version,
-    about = "Inspect and restore tidemark archives of PostgreSQL databases",
+    about = "Inspect tidemark archives of PostgreSQL databases",
     long_about = "tidemark keeps a PostgreSQL database restorable to any moment: tidemark-agent archives \
                   every committed change; this command reads that archive.\n\n\
                   Available now: inspect. Restore, list, verify and mark are not available yet."
