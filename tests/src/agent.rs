@@ -152,3 +152,29 @@ impl Drop for Process {
         }
     }
 }
+
+/// GETs `path` from an agent's metrics endpoint, sending the request in two
+/// pieces as a slow client would; returns the status and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    for piece in [format!("GET {path} HTTP/1.1\r\n"), "Host: x\r\nConnection: close\r\n\r\n".to_owned()] {
+        s.write_all(piece.as_bytes())?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    let status =
+        status.ok_or_else(|| HarnessError::Unexpected { program: format!("GET {path}"), output: out.clone() })?;
+    Ok((status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// The value of sample `name` (with its labels, if any) in exposition text.
+pub fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

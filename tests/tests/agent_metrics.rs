@@ -2,36 +2,22 @@
 //! (`promtool check metrics`), counters that agree with the archive, lag
 //! that returns to zero, and `/healthz`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tidemark_tests::agent::Process;
+use tidemark_tests::agent::{http_get, metric_value, Process};
 use tidemark_tests::reference::{archived_transactions, commit_end};
 use tidemark_tests::PgCluster;
 use wal_format::pgoutput::{decode_message, DecodeOptions, Message};
 
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    // In pieces, as a slow client would send it.
-    for piece in [format!("GET {path} HTTP/1.1\r\n"), "Host: x\r\nConnection: close\r\n\r\n".to_owned()] {
-        s.write_all(piece.as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    http_get(addr, path).unwrap()
 }
 
 fn value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    metric_value(metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 #[test]

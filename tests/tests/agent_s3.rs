@@ -3,20 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use tidemark_agent::store::{ObjectStore, S3Settings, S3Store};
-use tidemark_tests::agent::Process;
-use tidemark_tests::reference::{commit_end, reference_transactions, segment_transactions, Transaction};
-use tidemark_tests::{Garage, PgCluster};
-use wal_format::{SegmentKey, SEGMENTS_PREFIX};
+mod common;
 
-async fn s3_transactions(store: &S3Store) -> Vec<Transaction> {
-    let mut segments = Vec::new();
-    for object in store.list(SEGMENTS_PREFIX).await.unwrap() {
-        let key = SegmentKey::parse(&object.key).unwrap();
-        segments.push((key, store.get(&object.key).await.unwrap().to_vec()));
-    }
-    segment_transactions(segments)
-}
+use common::{garage_store, s3_transactions};
+use tidemark_agent::store::ObjectStore;
+use tidemark_tests::agent::Process;
+use tidemark_tests::reference::{commit_end, reference_transactions, Transaction};
+use tidemark_tests::{Garage, PgCluster};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_archives_to_s3_exactly_what_was_committed() {
@@ -54,15 +47,7 @@ async fn the_agent_archives_to_s3_exactly_what_was_committed() {
         .unwrap();
     let reference = reference_transactions(&pg, "app", "reference", 0);
     let (first, last) = (commit_end(&reference[0]), commit_end(reference.last().unwrap()));
-    let store = S3Store::connect(S3Settings {
-        bucket: garage.bucket().to_owned(),
-        prefix: "archives/app".into(),
-        endpoint: Some(garage.endpoint()),
-        region: Some(Garage::REGION.into()),
-        path_style: true,
-    })
-    .await
-    .unwrap();
+    let store = garage_store(&garage, "archives/app").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3_transactions(&store).await.last().is_none_or(|t| commit_end(t) < last) {
         assert!(Instant::now() < deadline, "the archive did not catch up: {}", agent.output());

@@ -6,31 +6,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tidemark_agent::store::{ObjectStore, S3Settings, S3Store};
-use tidemark_tests::agent::Process;
-use tidemark_tests::reference::{commit_end, reference_transactions, segment_transactions, Transaction};
-use tidemark_tests::{Garage, PgCluster};
-use wal_format::{SegmentKey, SEGMENTS_PREFIX};
+mod common;
 
-async fn s3_transactions(store: &S3Store) -> Vec<Transaction> {
-    let mut segments = Vec::new();
-    for object in store.list(SEGMENTS_PREFIX).await.unwrap() {
-        segments.push((SegmentKey::parse(&object.key).unwrap(), store.get(&object.key).await.unwrap().to_vec()));
-    }
-    segment_transactions(segments)
-}
+use common::{garage_store, s3_transactions};
+use tidemark_tests::agent::{http_get, metric_value, Process};
+use tidemark_tests::reference::{commit_end, reference_transactions, Transaction};
+use tidemark_tests::{Garage, PgCluster};
 
 fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    let (_, metrics) = http_get(addr, "/metrics").unwrap();
+    metric_value(&metrics, name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,15 +81,7 @@ async fn a_store_outage_under_load_loses_nothing() {
 
     let reference = reference_transactions(&pg, "app", "reference", 0);
     let (first, last) = (commit_end(&reference[0]), commit_end(reference.last().unwrap()));
-    let store = S3Store::connect(S3Settings {
-        bucket: garage.bucket().to_owned(),
-        prefix: "outage".into(),
-        endpoint: Some(garage.endpoint()),
-        region: Some(Garage::REGION.into()),
-        path_style: true,
-    })
-    .await
-    .unwrap();
+    let store = garage_store(&garage, "outage").await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while s3_transactions(&store).await.last().is_none_or(|t| commit_end(t) < last) {
         assert!(Instant::now() < deadline, "the archive did not catch up after the outage: {}", agent.output());
